@@ -1,0 +1,1 @@
+"""RSOLV staging environment automation: the pure model, exceptions, emulator and CLI."""

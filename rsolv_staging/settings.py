@@ -1,0 +1,73 @@
+"""Runtime settings, read from the environment when a flow runs (never at import).
+
+Every knob has an ``RSOLV_`` environment variable; e.g. ``RSOLV_KUBE_RETRIES=8``.
+The environment model itself lives in a YAML file (``data/environments.yaml`` by
+default, or ``RSOLV_ENVIRONMENTS_FILE``) so that a change of cluster or domain is a
+reviewed change of data, not of code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rsolv_staging.environments import Topology, topology_from_mapping
+from rsolv_staging.exceptions import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ENVIRONMENTS_FILE = REPO_ROOT / "data" / "environments.yaml"
+
+
+class Settings(BaseSettings):
+    """Operational settings shared by the flows."""
+
+    model_config = SettingsConfigDict(env_prefix="RSOLV_", extra="ignore")
+
+    environments_file: Path = Field(
+        default=DEFAULT_ENVIRONMENTS_FILE, description="YAML file with the environment model"
+    )
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then in-cluster",
+    )
+    field_manager: str = Field(
+        default="rsolv-staging", description="Server-side apply field manager of every write"
+    )
+    kube_retries: int = Field(default=6, ge=0, description="Retries of a transient API failure")
+    kube_retry_delay_seconds: float = Field(
+        default=2.0, ge=0, description="First retry delay; doubles each retry"
+    )
+    kube_retry_jitter: float = Field(
+        default=0.5, ge=0, le=1, description="Random jitter, as a fraction of each delay"
+    )
+    kube_max_retry_after_seconds: float = Field(
+        default=60.0, ge=0, description="Cap on a server's Retry-After we are willing to honour"
+    )
+    kube_request_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Timeout of one Kubernetes API request"
+    )
+
+
+def load_settings() -> Settings:
+    return Settings()
+
+
+def load_topology(path: Path | None = None) -> Topology:
+    """Read and validate the environment model.
+
+    Raises:
+        ConfigurationError: the file is missing, not YAML, or holds an invalid value.
+    """
+    path = path or load_settings().environments_file
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read environment model {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"environment model {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"environment model {path} must be a mapping")
+    return topology_from_mapping(raw)
