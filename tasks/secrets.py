@@ -9,12 +9,17 @@ so no value is hashed into a cache key or persisted as a result.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import re
+from typing import cast
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
+
+from rsolv_staging.environments import Topology
+from rsolv_staging.exceptions import SecretError
+from rsolv_staging.fingerprint import fingerprint
 
 
 def secret_env_var(name: str) -> str:
@@ -39,7 +44,7 @@ def _from_block(name: str) -> SecretStr | None:
     from prefect.blocks.system import Secret
 
     try:
-        block = Secret.load(name)
+        block = cast("Secret[str]", Secret.load(name))
     except ValueError:
         # Prefect raises ValueError("Unable to find block document named ...").
         return None
@@ -47,11 +52,58 @@ def _from_block(name: str) -> SecretStr | None:
     return SecretStr(str(value)) if value else None
 
 
-def fingerprint(value: str | bytes, *, key: bytes = b"rsolv-staging/fingerprint/v1") -> str:
-    """A keyed hash of a secret value, safe to compare and to show (first 12 hex digits).
+SecretValues = dict[str, dict[str, SecretStr]]
 
-    Used to check that staging never reuses a production credential without either
-    value being logged or stored.
+
+def source_name(secret: str, key: str) -> str:
+    """Where one key of a Secret is read from: ``staging-database`` + ``password``."""
+    return f"{secret}-{key}"
+
+
+@task(name="load-staging-secrets", cache_policy=NO_CACHE, persist_result=False)
+def load_staging_secrets(topology: Topology) -> SecretValues:
+    """Read every staging credential from its secret source.
+
+    Raises:
+        SecretError: listing *every* missing secret with the block and variable to set,
+            so one run tells the operator everything at once.
     """
-    data = value.encode() if isinstance(value, str) else value
-    return hmac.new(key, data, hashlib.sha256).hexdigest()[:12]
+    env = topology.staging
+    values: SecretValues = {}
+    missing: list[str] = []
+    for spec in topology.secrets:
+        name = env.secret_name(spec)
+        for key in spec.keys:
+            source = source_name(name, key)
+            value = resolve_secret(source)
+            if value is None:
+                missing.append(f"{source} (Secret block, or ${secret_env_var(source)})")
+            else:
+                values.setdefault(name, {})[key] = value
+    if missing:
+        raise SecretError("missing staging secrets, nothing was applied: " + ", ".join(missing))
+    return values
+
+
+def ensure_not_production_values(
+    topology: Topology, values: SecretValues, production: dict[str, dict[str, str]]
+) -> None:
+    """Refuse staging credentials equal to production's (compared by fingerprint).
+
+    ``production`` maps production Secret name -> key -> fingerprint.
+
+    Raises:
+        SecretError: naming each reused secret key, never its value.
+    """
+    reused = []
+    for spec in topology.secrets:
+        staging_name = topology.staging.secret_name(spec)
+        prod_name = topology.production.secret_name(spec)
+        for key, value in values.get(staging_name, {}).items():
+            if production.get(prod_name, {}).get(key) == fingerprint(value.get_secret_value()):
+                reused.append(f"{staging_name}/{key} equals {prod_name}/{key}")
+    if reused:
+        raise SecretError(
+            "staging must not share credentials with production (RFC 002 section 7), "
+            "nothing was applied: " + "; ".join(reused)
+        )

@@ -1,0 +1,141 @@
+"""Provision staging: bring the cluster to RFC 002's staging state, idempotently.
+
+What it applies (server-side, one field manager, built from the environment model in
+``data/environments.yaml``):
+
+- namespaces ``staging`` and ``staging-monitoring``, labelled by environment;
+- a deployer service account with a Role confined to ``staging``, and a scrape-only
+  identity for staging's Prometheus;
+- a ResourceQuota and LimitRange at 50% of production;
+- NetworkPolicies: nothing from other namespaces except the ingress controller and
+  staging's monitoring; nothing from staging to the cluster's internal ranges;
+- staging-only secrets (``staging-`` prefix), checked against production's by
+  fingerprint so no credential is shared;
+- staging PostgreSQL (StatefulSet, Service, PVC) and the Ingress for rsolv-staging.com.
+
+Parameters:
+    dry_run: render and diff against the live cluster (server-side dry run), apply nothing.
+    environments_file: the environment model; default ``data/environments.yaml`` or
+        ``$RSOLV_ENVIRONMENTS_FILE``.
+
+Secrets: each key of each staging Secret comes from a Prefect Secret block named
+``staging-<secret>-<key>`` (e.g. ``staging-database-password``) or the environment
+variable ``RSOLV_SECRET_STAGING_DATABASE_PASSWORD``. Cluster access: ``$KUBECONFIG`` (or
+``RSOLV_KUBECONFIG``) and the kube context named in the model; in-cluster credentials
+when there is no kubeconfig.
+
+Run it: ``python -m flows.provision --dry-run``, or the ``provision-staging`` deployment.
+A second run reports 0 created and 0 changed. Each run leaves a markdown artifact
+(key ``provision-staging``) listing created / changed / unchanged objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from rsolv_staging.guards import ensure_confined
+from rsolv_staging.provisioning import staging_objects
+from rsolv_staging.reports import change_report, counts
+from rsolv_staging.settings import load_settings, load_topology
+from tasks.kube import (
+    ObjectChange,
+    apply_objects,
+    preview_apply,
+    read_objects,
+    read_secret_fingerprints,
+    retrying,
+    summarize,
+)
+from tasks.reports import publish_markdown
+from tasks.secrets import ensure_not_production_values, load_staging_secrets
+
+ARTIFACT_KEY = "provision-staging"
+
+
+class ProvisionReport(BaseModel):
+    """What the run did, also returned to callers of the flow."""
+
+    dry_run: bool
+    created: int = Field(description="Objects created (or to create, in a dry run)")
+    changed: int = Field(description="Objects changed (or to change, in a dry run)")
+    unchanged: int = Field(description="Objects already as the model says")
+    changes: list[ObjectChange]
+
+
+@flow(name="provision-staging", log_prints=True)
+def provision_staging(
+    dry_run: bool = False,
+    environments_file: str | None = None,
+) -> ProvisionReport:
+    """Bring staging to the state RFC 002 describes; a second run changes nothing."""
+    logger = get_run_logger()
+    settings = load_settings()
+    topology = load_topology(Path(environments_file) if environments_file else None)
+    staging, production = topology.staging, topology.production
+
+    # Everything that can refuse the run happens before the first write.
+    secrets = load_staging_secrets(topology)
+    production_fingerprints = retrying(read_secret_fingerprints, settings)(
+        [production.secret_name(spec) for spec in topology.secrets],
+        namespace=production.namespace,
+        cluster=production.cluster,
+        settings=settings,
+    )
+    ensure_not_production_values(topology, secrets, production_fingerprints)
+    plain = {
+        name: {key: value.get_secret_value() for key, value in keys.items()}
+        for name, keys in secrets.items()
+    }
+    objects = staging_objects(topology, plain)
+    ensure_confined(objects, staging, production)
+
+    live = retrying(read_objects, settings)(objects, cluster=staging.cluster, settings=settings)
+    if dry_run:
+        changes = retrying(preview_apply, settings)(
+            objects, live, cluster=staging.cluster, settings=settings
+        )
+    else:
+        applied = retrying(apply_objects, settings)(
+            objects, cluster=staging.cluster, settings=settings
+        )
+        changes = summarize(objects, live, applied)
+
+    tally = counts(changes)
+    context = staging.cluster.kube_context or "current context"
+    publish_markdown(
+        ARTIFACT_KEY,
+        change_report("Provision staging", changes, dry_run=dry_run, context=context),
+        description=f"{tally['created']} created, {tally['changed']} changed, "
+        f"{tally['unchanged']} unchanged" + (" (dry run)" if dry_run else ""),
+    )
+    logger.info(
+        "%s: %d created, %d changed, %d unchanged",
+        "dry run" if dry_run else "provisioned",
+        tally["created"],
+        tally["changed"],
+        tally["unchanged"],
+    )
+    return ProvisionReport(dry_run=dry_run, changes=changes, **tally)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Provision RSOLV staging (RFC 002).")
+    parser.add_argument("--dry-run", action="store_true", help="diff against the cluster only")
+    parser.add_argument("--environments-file", help="environment model (YAML)")
+    args = parser.parse_args(argv)
+    report = provision_staging(dry_run=args.dry_run, environments_file=args.environments_file)
+    for change in report.changes:
+        print(f"{change.action:>9}  {change.key}")
+    print(
+        f"{'plan' if report.dry_run else 'result'}: {report.created} to create/created, "
+        f"{report.changed} to change/changed, {report.unchanged} unchanged"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

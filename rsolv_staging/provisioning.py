@@ -1,0 +1,401 @@
+"""What "provisioned staging" means, as Kubernetes objects built from the environment model.
+
+Pure functions: the model and the secret values in, plain manifests (dicts) out. The
+provision flow applies them server-side; the tests compare them with what the API holds.
+Every object carries the labels below, so a person (or a later prune) can find what this
+project owns with one selector.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from rsolv_staging.environments import Environment, SecretSpec, Topology
+from rsolv_staging.quantities import format_cpu, format_memory
+
+MANAGED_BY = "rsolv-staging"
+ENV_LABEL = "rsolv.dev/environment"
+
+Manifest = dict[str, Any]
+SecretValues = Mapping[str, Mapping[str, str]]
+"""Secret name (e.g. ``staging-database``) -> key -> plain value."""
+
+
+def labels(env: Environment, **extra: str) -> dict[str, str]:
+    return {ENV_LABEL: env.name, "app.kubernetes.io/managed-by": MANAGED_BY, **extra}
+
+
+def _meta(env: Environment, name: str, namespace: str | None, **extra: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": labels(env, **extra)}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return meta
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """``Kind/namespace/name`` (``Kind/name`` for cluster objects): how reports name objects."""
+    meta = obj["metadata"]
+    ns = meta.get("namespace")
+    return f"{obj['kind']}/{ns}/{meta['name']}" if ns else f"{obj['kind']}/{meta['name']}"
+
+
+def secret_namespace(env: Environment, spec: SecretSpec) -> str:
+    """Grafana's credentials live with the monitoring stack; the rest with the apps."""
+    return env.monitoring.namespace if spec.name == "monitoring" else env.namespace
+
+
+def namespaces(env: Environment) -> list[Manifest]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(env, ns, None)}
+        for ns in env.namespaces
+    ]
+
+
+def service_accounts(env: Environment) -> list[Manifest]:
+    """One deployer identity confined to the app namespace, one for Prometheus' scraping."""
+    ns, mon = env.namespace, env.monitoring.namespace
+    deployer = f"{env.name}-deployer"
+    prometheus = f"{env.name}-prometheus"
+    rbac = "rbac.authorization.k8s.io/v1"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(env, deployer, ns)},
+        {
+            "apiVersion": rbac,
+            "kind": "Role",
+            "metadata": _meta(env, deployer, ns),
+            "rules": [
+                {
+                    "apiGroups": ["", "apps", "batch", "networking.k8s.io"],
+                    "resources": [
+                        "deployments",
+                        "statefulsets",
+                        "replicasets",
+                        "jobs",
+                        "services",
+                        "configmaps",
+                        "secrets",
+                        "persistentvolumeclaims",
+                        "ingresses",
+                    ],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "pods/log", "events"],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": _meta(env, deployer, ns),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": deployer},
+            "subjects": [{"kind": "ServiceAccount", "name": deployer, "namespace": ns}],
+        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(env, prometheus, mon)},
+        {
+            # Read-only discovery of scrape targets, granted in the app namespace only:
+            # Prometheus in staging-monitoring can never list production's pods.
+            "apiVersion": rbac,
+            "kind": "Role",
+            "metadata": _meta(env, prometheus, ns),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "services", "endpoints"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": _meta(env, prometheus, ns),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": prometheus,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": prometheus, "namespace": mon}],
+        },
+    ]
+
+
+def quotas(topology: Topology) -> list[Manifest]:
+    """ResourceQuota and LimitRange, both from the model (staging = 50% of production)."""
+    env = topology.staging
+    q = env.quota
+    app = env.app_resources
+    db = env.database.resources
+    biggest_cpu = max(app.millicores, db.millicores)
+    biggest_mem = max(app.memory_bytes, db.memory_bytes)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": _meta(env, f"{env.name}-quota", env.namespace),
+            "spec": {
+                "hard": {
+                    "requests.cpu": q.requests_cpu,
+                    "requests.memory": q.requests_memory,
+                    "limits.cpu": q.limits_cpu,
+                    "limits.memory": q.limits_memory,
+                    "requests.storage": q.storage,
+                    "pods": str(q.pods),
+                }
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": _meta(env, f"{env.name}-limits", env.namespace),
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        # A container that states nothing gets the app's share.
+                        "default": {"cpu": app.cpu, "memory": app.memory},
+                        "defaultRequest": {"cpu": app.cpu, "memory": app.memory},
+                        "max": {
+                            "cpu": format_cpu(biggest_cpu),
+                            "memory": format_memory(biggest_mem),
+                        },
+                    }
+                ]
+            },
+        },
+    ]
+
+
+def _from_namespace(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def _dns_egress(topology: Topology) -> dict[str, Any]:
+    return {
+        "to": [_from_namespace(topology.staging.cluster.ingress_namespace)],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+
+
+def _internet_egress(env: Environment) -> dict[str, Any]:
+    # Third-party APIs (ConvertKit, payments, OAuth) are on the internet; the cluster's own
+    # ranges are cut out so this rule can never open a path into production.
+    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(env.cluster.internal_cidrs)}}]}
+
+
+def network_policies(topology: Topology) -> list[Manifest]:
+    """No traffic across namespaces, except the ingress controller and staging's scraper."""
+    env = topology.staging
+    ns, mon = env.namespace, env.monitoring.namespace
+    ingress_ns = env.cluster.ingress_namespace
+    np = "networking.k8s.io/v1"
+    same_namespace: dict[str, Any] = {"podSelector": {}}
+    return [
+        {
+            "apiVersion": np,
+            "kind": "NetworkPolicy",
+            "metadata": _meta(env, "default-deny-cross-namespace", ns),
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [same_namespace]}],
+                "egress": [
+                    {"to": [same_namespace]},
+                    _dns_egress(topology),
+                    _internet_egress(env),
+                ],
+            },
+        },
+        {
+            "apiVersion": np,
+            "kind": "NetworkPolicy",
+            "metadata": _meta(env, "allow-ingress-controller", ns),
+            "spec": {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "rsolv"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [_from_namespace(ingress_ns)]}],
+            },
+        },
+        {
+            "apiVersion": np,
+            "kind": "NetworkPolicy",
+            "metadata": _meta(env, "allow-monitoring-scrape", ns),
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [_from_namespace(mon)]}],
+            },
+        },
+        {
+            "apiVersion": np,
+            "kind": "NetworkPolicy",
+            "metadata": _meta(env, "default-deny-cross-namespace", mon),
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [same_namespace]}, {"from": [_from_namespace(ingress_ns)]}],
+                # Monitoring may reach itself, DNS, and staging's pods (to scrape): nothing else.
+                "egress": [
+                    {"to": [same_namespace]},
+                    {"to": [_from_namespace(ns)]},
+                    _dns_egress(topology),
+                ],
+            },
+        },
+    ]
+
+
+def secrets(topology: Topology, values: SecretValues) -> list[Manifest]:
+    """Staging's own credentials, ``staging-`` prefixed, as base64 ``data``.
+
+    ``data`` rather than ``stringData``: the API server converts ``stringData`` on write,
+    so re-applying it would never look unchanged.
+    """
+    env = topology.staging
+    out: list[Manifest] = []
+    for spec in topology.secrets:
+        name = env.secret_name(spec)
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": _meta(env, name, secret_namespace(env, spec)),
+                "type": "Opaque",
+                "data": {
+                    key: base64.b64encode(values[name][key].encode()).decode() for key in spec.keys
+                },
+            }
+        )
+    return out
+
+
+def database(topology: Topology) -> list[Manifest]:
+    """Staging's own PostgreSQL: StatefulSet, Service and PVC at staging's size."""
+    env = topology.staging
+    db = env.database
+    name, ns = db.service, env.namespace
+    selector = {"app.kubernetes.io/name": name}
+    meta_labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "database"}
+    password_secret = next(env.secret_name(s) for s in topology.secrets if s.name == "database")
+    res = {"cpu": db.resources.cpu, "memory": db.resources.memory}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": _meta(env, f"{name}-data", ns, **meta_labels),
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": db.storage}},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(env, name, ns, **meta_labels),
+            "spec": {
+                "selector": selector,
+                "ports": [{"name": "postgres", "port": db.port, "targetPort": 5432}],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": _meta(env, name, ns, **meta_labels),
+            "spec": {
+                "serviceName": name,
+                "replicas": 1,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {"labels": {**labels(env), **meta_labels}},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "postgres",
+                                "image": db.image,
+                                "ports": [{"name": "postgres", "containerPort": 5432}],
+                                "env": [
+                                    {"name": "POSTGRES_DB", "value": db.name},
+                                    {
+                                        "name": "POSTGRES_PASSWORD",
+                                        "valueFrom": {
+                                            "secretKeyRef": {
+                                                "name": password_secret,
+                                                "key": "password",
+                                            }
+                                        },
+                                    },
+                                    {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                                ],
+                                "resources": {"requests": res, "limits": res},
+                                "readinessProbe": {
+                                    "exec": {"command": ["pg_isready", "-U", "postgres"]},
+                                    "periodSeconds": 5,
+                                },
+                                "volumeMounts": [
+                                    {"name": "data", "mountPath": "/var/lib/postgresql/data"}
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "data", "persistentVolumeClaim": {"claimName": f"{name}-data"}}
+                        ],
+                    },
+                },
+            },
+        },
+    ]
+
+
+def ingress(topology: Topology) -> list[Manifest]:
+    """The staging domains, with a cert-manager certificate, routed by the ingress controller."""
+    env = topology.staging
+    routes = [(env.domain, "rsolv-landing"), (env.api_domain, "rsolv-api")]
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {
+                **_meta(env, env.name, env.namespace),
+                "annotations": {
+                    "cert-manager.io/cluster-issuer": env.cluster.cluster_issuer,
+                    "traefik.ingress.kubernetes.io/router.tls": "true",
+                },
+            },
+            "spec": {
+                "ingressClassName": env.cluster.ingress_class,
+                "tls": [{"hosts": [host for host, _ in routes], "secretName": f"{env.name}-tls"}],
+                "rules": [
+                    {
+                        "host": host,
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "/",
+                                    "pathType": "Prefix",
+                                    "backend": {"service": {"name": svc, "port": {"number": 80}}},
+                                }
+                            ]
+                        },
+                    }
+                    for host, svc in routes
+                ],
+            },
+        }
+    ]
+
+
+def staging_objects(topology: Topology, secret_values: SecretValues) -> list[Manifest]:
+    """Every object of provisioned staging, in an order the API server accepts."""
+    return [
+        *namespaces(topology.staging),
+        *service_accounts(topology.staging),
+        *quotas(topology),
+        *network_policies(topology),
+        *secrets(topology, secret_values),
+        *database(topology),
+        *ingress(topology),
+    ]

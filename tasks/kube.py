@@ -1,0 +1,383 @@
+"""Tasks that talk to the Kubernetes API, through the official client.
+
+Every write is a server-side apply with one field manager, so each task is idempotent
+and safe to retry as a whole. Client errors are classified at this boundary
+(:func:`classify`): connection failures, timeouts, 5xx and 429 are transient and retried
+by Prefect with backoff and jitter (a 429's Retry-After is honoured first); 4xx are
+permanent and fail fast with an actionable message (a 403 names the missing permission).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import DynamicApiError
+from prefect import Task, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from pydantic import BaseModel
+
+from rsolv_staging.environments import Cluster
+from rsolv_staging.exceptions import (
+    ConfigurationError,
+    KubeError,
+    PermissionDenied,
+    StagingError,
+    TransientKubeError,
+)
+from rsolv_staging.fingerprint import fingerprint
+from rsolv_staging.provisioning import Manifest, object_key
+from rsolv_staging.settings import Settings
+
+T = TypeVar("T")
+Action = Literal["create", "change", "unchanged"]
+
+
+class ObjectChange(BaseModel):
+    """What a run did (or, in a dry run, would do) to one object."""
+
+    key: str
+    action: Action
+    diff: str = ""
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def connect(cluster: Cluster, settings: Settings) -> DynamicClient:
+    """A DynamicClient for ``cluster``: its kube context, else in-cluster credentials.
+
+    Raises:
+        ConfigurationError: no usable kubeconfig/context and not running in a cluster.
+    """
+    kubeconfig = settings.kubeconfig or os.environ.get("KUBECONFIG")
+    default_file = Path("~/.kube/config").expanduser()
+    try:
+        if kubeconfig or default_file.exists():
+            api = k8s_config.new_client_from_config(
+                config_file=str(kubeconfig) if kubeconfig else None,
+                context=cluster.kube_context,
+            )
+        else:
+            configuration = k8s.Configuration()
+            k8s_config.load_incluster_config(client_configuration=configuration)
+            api = k8s.ApiClient(configuration)
+    except ConfigException as exc:
+        where = f"context {cluster.kube_context!r}" if cluster.kube_context else "current context"
+        raise ConfigurationError(
+            f"cannot configure the Kubernetes client ({where}, kubeconfig "
+            f"{kubeconfig or default_file}): {exc}"
+        ) from exc
+    # Retries are ours (classified, with backoff and Retry-After), not urllib3's silent ones.
+    api.configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0)
+    return _call(lambda: DynamicClient(api), "discover", "API groups")
+
+
+def _resource(dyn: DynamicClient, obj: Mapping[str, Any]) -> Any:
+    return _call(
+        lambda: dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"]),
+        "discover",
+        f"{obj['apiVersion']}/{obj['kind']}",
+    )
+
+
+# ------------------------------------------------------------------ error classification
+
+
+def classify(exc: BaseException, verb: str, what: str) -> StagingError:
+    """Turn a client exception into a domain error saying what to do about it."""
+    status = getattr(exc, "status", None)
+    if isinstance(exc, (ApiException, DynamicApiError)) and isinstance(status, int):
+        message = _server_message(exc)
+        if status == 429:
+            header = (getattr(exc, "headers", None) or {}).get("Retry-After")
+            retry_after = float(header) if header and str(header).isdigit() else None
+            return TransientKubeError(
+                f"API server throttled {verb} {what} (429, Retry-After {header})",
+                retry_after=retry_after,
+            )
+        if status >= 500:
+            return TransientKubeError(f"API server error {status} on {verb} {what}: {message}")
+        if status == 403:
+            return PermissionDenied(
+                f"RBAC: not allowed to {verb} {what}. Grant the identity in the kubeconfig "
+                f"verb '{verb}' on that resource (a Role in its namespace, or a ClusterRole "
+                f"for cluster-scoped kinds). The API server said: {message}"
+            )
+        if status == 401:
+            return KubeError(
+                f"the API server rejected the credentials while trying to {verb} {what}: "
+                "refresh the kubeconfig's token or certificate"
+            )
+        return KubeError(f"cannot {verb} {what}: {status} {message}")
+    if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+        return TransientKubeError(
+            f"connection to the API server failed during {verb} {what}: {exc}"
+        )
+    if isinstance(exc, StagingError):
+        return exc
+    return KubeError(f"unexpected error during {verb} {what}: {exc!r}")
+
+
+def _server_message(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if isinstance(body, str):
+        import json
+
+        try:
+            return str(json.loads(body).get("message", body))
+        except ValueError:
+            return body
+    summary = getattr(exc, "summary", None)
+    return summary() if callable(summary) else str(getattr(exc, "reason", exc))
+
+
+def _call(fn: Callable[[], T], verb: str, what: str) -> T:
+    try:
+        return fn()
+    except (ApiException, DynamicApiError, urllib3.exceptions.HTTPError, OSError) as exc:
+        error = classify(exc, verb, what)
+        raise error from exc
+
+
+def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry only what may pass; honour Retry-After."""
+    exc = state.result(raise_on_failure=False)
+    if not isinstance(exc, TransientKubeError):
+        return False
+    if exc.retry_after:
+        cap = Settings().kube_max_retry_after_seconds
+        time.sleep(min(exc.retry_after, cap))
+    return True
+
+
+def retrying(task_: Task[..., T], settings: Settings) -> Task[..., T]:
+    """``task_`` with the retry policy from settings (exponential backoff, jitter)."""
+    delays = [settings.kube_retry_delay_seconds * 2**i for i in range(settings.kube_retries)]
+    return task_.with_options(
+        retries=settings.kube_retries,
+        retry_delay_seconds=delays or 0,
+        retry_jitter_factor=settings.kube_retry_jitter,
+        retry_condition_fn=is_transient,
+    )
+
+
+# ------------------------------------------------------------------------- normalising
+
+_SERVER_OWNED = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")
+
+
+def _comparable(obj: Mapping[str, Any] | None, redact_key: bytes) -> dict[str, Any]:
+    """The object minus what the server owns, with Secret values replaced by fingerprints."""
+    if obj is None:
+        return {}
+    out = {k: v for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in dict(out.get("metadata", {})).items() if k not in _SERVER_OWNED}
+    annotations = {
+        k: v
+        for k, v in dict(meta.get("annotations") or {}).items()
+        if k != "kubectl.kubernetes.io/last-applied-configuration"
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    out["metadata"] = meta
+    if obj.get("kind") == "Secret" and isinstance(obj.get("data"), Mapping):
+        # Never show a secret, but still show *that* it changed.
+        out["data"] = {
+            k: f"<redacted {fingerprint(str(v), key=redact_key)}>" for k, v in obj["data"].items()
+        }
+    return out
+
+
+def diff_objects(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
+    """A unified diff of two versions of an object, secrets redacted."""
+    import difflib
+
+    import yaml
+
+    key = random.randbytes(16)  # per-diff key: fingerprints cannot be compared across runs
+    a = yaml.safe_dump(_comparable(before, key), sort_keys=True).splitlines() if before else []
+    b = yaml.safe_dump(_comparable(after, key), sort_keys=True).splitlines()
+    return "\n".join(difflib.unified_diff(a, b, "live", "desired", lineterm="", n=2))
+
+
+# ------------------------------------------------------------------------------ tasks
+
+
+@contextmanager
+def _logged_kube_errors(verb: str) -> Iterator[None]:
+    try:
+        yield
+    except TransientKubeError as exc:
+        get_run_logger().warning("transient failure during %s, will retry: %s", verb, exc)
+        raise
+
+
+@task(name="read-objects", cache_policy=NO_CACHE, task_run_name="read-{cluster.kube_context}")
+def read_objects(
+    objects: Sequence[Manifest], *, cluster: Cluster, settings: Settings
+) -> dict[str, dict[str, Any] | None]:
+    """Read the live version of each object (None where it does not exist).
+
+    Read-only; retried on transient failures.
+    """
+    with _logged_kube_errors("read"):
+        dyn = connect(cluster, settings)
+        live: dict[str, dict[str, Any] | None] = {}
+        for obj in objects:
+            live[object_key(obj)] = _get(dyn, obj, settings)
+        return live
+
+
+def _get(dyn: DynamicClient, obj: Mapping[str, Any], settings: Settings) -> dict[str, Any] | None:
+    resource = _resource(dyn, obj)
+    meta = obj["metadata"]
+    try:
+        found = resource.get(
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            _request_timeout=settings.kube_request_timeout_seconds,
+        )
+    except (ApiException, DynamicApiError) as exc:
+        if getattr(exc, "status", None) == 404:
+            return None
+        raise classify(exc, "get", object_key(obj)) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise classify(exc, "get", object_key(obj)) from exc
+    return dict(found.to_dict())
+
+
+def _apply(
+    dyn: DynamicClient, obj: Mapping[str, Any], settings: Settings, *, dry_run: bool
+) -> dict[str, Any]:
+    resource = _resource(dyn, obj)
+    meta = obj["metadata"]
+    extra: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+    result = _call(
+        lambda: resource.server_side_apply(
+            body=dict(obj),
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=settings.field_manager,
+            force_conflicts=True,
+            _request_timeout=settings.kube_request_timeout_seconds,
+            **extra,
+        ),
+        "patch",
+        object_key(obj),
+    )
+    return dict(result.to_dict())
+
+
+@task(name="preview-apply", cache_policy=NO_CACHE)
+def preview_apply(
+    objects: Sequence[Manifest],
+    live: Mapping[str, dict[str, Any] | None],
+    *,
+    cluster: Cluster,
+    settings: Settings,
+) -> list[ObjectChange]:
+    """Server-side dry run of every apply: what would be created or changed, as diffs.
+
+    Writes nothing (``dryRun=All``). An object whose namespace does not exist yet cannot be
+    dry-run by the API server; it is reported as a creation.
+    """
+    with _logged_kube_errors("preview"):
+        dyn = connect(cluster, settings)
+        changes: list[ObjectChange] = []
+        for obj in objects:
+            key = object_key(obj)
+            before = live.get(key)
+            if before is None:
+                changes.append(ObjectChange(key=key, action="create", diff=diff_objects(None, obj)))
+                continue
+            after = _apply(dyn, obj, settings, dry_run=True)
+            diff = diff_objects(before, after)
+            changes.append(
+                ObjectChange(key=key, action="change" if diff else "unchanged", diff=diff)
+            )
+        return changes
+
+
+@task(name="apply-objects", cache_policy=NO_CACHE)
+def apply_objects(
+    objects: Sequence[Manifest], *, cluster: Cluster, settings: Settings
+) -> dict[str, dict[str, Any]]:
+    """Server-side apply each object, in order, with the project's field manager.
+
+    Idempotent: an apply that changes nothing leaves the object (and its resourceVersion)
+    as it was, so a retry after a partial failure is safe.
+
+    Returns:
+        The object as stored after the apply, by ``Kind/namespace/name``.
+    """
+    with _logged_kube_errors("apply"):
+        dyn = connect(cluster, settings)
+        return {object_key(obj): _apply(dyn, obj, settings, dry_run=False) for obj in objects}
+
+
+def summarize(
+    objects: Sequence[Manifest],
+    before: Mapping[str, dict[str, Any] | None],
+    after: Mapping[str, dict[str, Any]],
+) -> list[ObjectChange]:
+    """Created / changed / unchanged, judged by the server's resourceVersion.
+
+    Judged against the snapshot taken *before* the first attempt, so an object that a
+    failed attempt already wrote still counts as created or changed by this run.
+    """
+    changes = []
+    for obj in objects:
+        key = object_key(obj)
+        old, new = before.get(key), after[key]
+        if old is None:
+            changes.append(ObjectChange(key=key, action="create", diff=diff_objects(None, new)))
+        elif old["metadata"]["resourceVersion"] != new["metadata"]["resourceVersion"]:
+            changes.append(ObjectChange(key=key, action="change", diff=diff_objects(old, new)))
+        else:
+            changes.append(ObjectChange(key=key, action="unchanged"))
+    return changes
+
+
+@task(name="read-secret-fingerprints", cache_policy=NO_CACHE)
+def read_secret_fingerprints(
+    names: Sequence[str], *, namespace: str, cluster: Cluster, settings: Settings
+) -> dict[str, dict[str, str]]:
+    """Fingerprints of the keys of existing Secrets in ``namespace`` (read-only).
+
+    Only keyed hashes leave this task, never a value. Secrets that do not exist are
+    left out: there is nothing staging could be sharing with them.
+    """
+    import base64
+
+    with _logged_kube_errors("read secrets"):
+        dyn = connect(cluster, settings)
+        out: dict[str, dict[str, str]] = {}
+        for name in names:
+            obj = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+            }
+            live = _get(dyn, obj, settings)
+            if live is None:
+                continue
+            data = live.get("data") or {}
+            out[name] = {k: fingerprint(base64.b64decode(v)) for k, v in data.items()}
+        return out

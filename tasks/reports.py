@@ -1,0 +1,16 @@
+"""Tasks that publish what a run did to the Prefect UI (artifacts)."""
+
+from __future__ import annotations
+
+from typing import cast
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+
+@task(name="publish-markdown", cache_policy=NO_CACHE, task_run_name="publish-{key}")
+def publish_markdown(key: str, markdown: str, *, description: str) -> UUID:
+    """Create a markdown artifact; the stable ``key`` makes the UI keep its history."""
+    return cast(UUID, create_markdown_artifact(key=key, markdown=markdown, description=description))
