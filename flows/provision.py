@@ -11,7 +11,8 @@ What it applies (server-side, one field manager, built from the environment mode
   staging's monitoring; nothing from staging to the cluster's internal ranges;
 - staging-only secrets (``staging-`` prefix), checked against production's by
   fingerprint so no credential is shared;
-- staging PostgreSQL (StatefulSet, Service, PVC) and the Ingress for rsolv-staging.com.
+- staging PostgreSQL (StatefulSet, Service, PVC), and the Ingress for rsolv-staging.com
+  as the staging overlay of ``deployments/`` renders it (one definition, not two).
 
 Parameters:
     dry_run: render and diff against the live cluster (server-side dry run), apply nothing.
@@ -50,6 +51,7 @@ from tasks.kube import (
     retrying,
     summarize,
 )
+from tasks.manifests import render_overlay
 from tasks.reports import publish_markdown
 from tasks.secrets import ensure_not_production_values, load_staging_secrets
 
@@ -90,7 +92,8 @@ def provision_staging(
         name: {key: value.get_secret_value() for key, value in keys.items()}
         for name, keys in secrets.items()
     }
-    objects = staging_objects(topology, plain)
+    routes = [o for o in render_overlay(staging.name) if o["kind"] == "Ingress"]
+    objects = [*staging_objects(topology, plain), *routes]
     ensure_confined(objects, staging, production)
 
     live = retrying(read_objects, settings)(objects, cluster=staging.cluster, settings=settings)

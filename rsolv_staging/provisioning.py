@@ -350,46 +350,13 @@ def database(topology: Topology) -> list[Manifest]:
     ]
 
 
-def ingress(topology: Topology) -> list[Manifest]:
-    """The staging domains, with a cert-manager certificate, routed by the ingress controller."""
-    env = topology.staging
-    routes = [(env.domain, "rsolv-landing"), (env.api_domain, "rsolv-api")]
-    return [
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {
-                **_meta(env, env.name, env.namespace),
-                "annotations": {
-                    "cert-manager.io/cluster-issuer": env.cluster.cluster_issuer,
-                    "traefik.ingress.kubernetes.io/router.tls": "true",
-                },
-            },
-            "spec": {
-                "ingressClassName": env.cluster.ingress_class,
-                "tls": [{"hosts": [host for host, _ in routes], "secretName": f"{env.name}-tls"}],
-                "rules": [
-                    {
-                        "host": host,
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": svc, "port": {"number": 80}}},
-                                }
-                            ]
-                        },
-                    }
-                    for host, svc in routes
-                ],
-            },
-        }
-    ]
-
-
 def staging_objects(topology: Topology, secret_values: SecretValues) -> list[Manifest]:
-    """Every object of provisioned staging, in an order the API server accepts."""
+    """Every object of provisioned staging, in an order the API server accepts.
+
+    The Ingress for the staging domains is not built here: it is defined once, in the
+    kustomize tree (``deployments/``), and the provision flow applies the staging
+    overlay's rendering of it.
+    """
     return [
         *namespaces(topology.staging),
         *service_accounts(topology.staging),
@@ -397,5 +364,4 @@ def staging_objects(topology: Topology, secret_values: SecretValues) -> list[Man
         *network_policies(topology),
         *secrets(topology, secret_values),
         *database(topology),
-        *ingress(topology),
     ]

@@ -1,0 +1,311 @@
+"""The provision flow against the Kubernetes API emulator (real HTTP) and a real Prefect API."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.provision import ARTIFACT_KEY, ProvisionReport, provision_staging
+from rsolv_staging.environments import default_topology
+from rsolv_staging.exceptions import GuardError, PermissionDenied, SecretError
+from rsolv_staging.guards import ensure_confined
+from rsolv_staging.kube_emulator import KubeEmulator
+from rsolv_staging.provisioning import object_key, staging_objects
+from rsolv_staging.settings import Settings
+from tasks.kube import apply_objects
+from tasks.secrets import secret_env_var, source_name
+
+TOPOLOGY = default_topology()
+EXPECTED_KEYS = {"Ingress/staging/rsolv"} | {
+    object_key(obj)
+    for obj in staging_objects(
+        TOPOLOGY,
+        {TOPOLOGY.staging.secret_name(s): {k: "x" for k in s.keys} for s in TOPOLOGY.secrets},
+    )
+}
+
+
+@pytest.fixture
+def secret_values(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fresh random staging credentials in the environment, as an operator would set them."""
+    values = {}
+    for spec in TOPOLOGY.secrets:
+        for key in spec.keys:
+            source = source_name(TOPOLOGY.staging.secret_name(spec), key)
+            values[source] = secrets.token_urlsafe(16)
+            monkeypatch.setenv(secret_env_var(source), values[source])
+    return values
+
+
+@pytest.fixture
+def cluster(
+    kube: KubeEmulator, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None
+) -> KubeEmulator:
+    """The emulator as the current kube context, with fast retries for the tests."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("RSOLV_KUBE_RETRY_DELAY_SECONDS", "0.05")
+    monkeypatch.setenv("RSOLV_KUBE_MAX_RETRY_AFTER_SECONDS", "2")
+    return kube
+
+
+def _state(kube: KubeEmulator) -> dict[str, Any]:
+    """Every object the project owns, minus what the server generates, for comparisons."""
+    out = {}
+    for kind in (
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ResourceQuota",
+        "LimitRange",
+        "NetworkPolicy",
+        "Secret",
+        "PersistentVolumeClaim",
+        "Service",
+        "StatefulSet",
+        "Ingress",
+    ):
+        for obj in kube.list(kind):
+            meta = obj["metadata"]
+            if meta.get("labels", {}).get("app.kubernetes.io/managed-by") != "rsolv-staging":
+                continue
+            body = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+            out[object_key(obj)] = {"labels": meta.get("labels"), **body}
+    return out
+
+
+def test_provision_creates_every_object_from_the_model(
+    cluster: KubeEmulator, secret_values: dict[str, str]
+) -> None:
+    """A first run creates each RFC object with the model's values and reports it."""
+    report = provision_staging()
+
+    assert isinstance(report, ProvisionReport)
+    assert {c.key for c in report.changes if c.action == "create"} == EXPECTED_KEYS
+    assert (report.created, report.changed, report.unchanged) == (len(EXPECTED_KEYS), 0, 0)
+    assert set(_state(cluster)) == EXPECTED_KEYS
+
+    ns = cluster.get("v1", "Namespace", "staging")
+    assert ns is not None
+    assert ns["metadata"]["labels"]["rsolv.dev/environment"] == "staging"
+    quota = cluster.get("v1", "ResourceQuota", "staging-quota", "staging")
+    assert quota is not None
+    assert quota["spec"]["hard"]["limits.memory"] == "4Gi"  # half of production's 8Gi
+    limits = cluster.get("v1", "LimitRange", "staging-limits", "staging")
+    assert limits is not None
+    assert limits["spec"]["limits"][0]["default"] == {"cpu": "250m", "memory": "512Mi"}
+    db = cluster.get("apps/v1", "StatefulSet", "staging-postgres", "staging")
+    assert db is not None
+    container = db["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    ingress = cluster.get("networking.k8s.io/v1", "Ingress", "rsolv", "staging")
+    assert ingress is not None
+    assert [r["host"] for r in ingress["spec"]["rules"]] == [
+        "rsolv-staging.com",
+        "api.rsolv-staging.com",
+    ]
+    assert "cert-manager.io/cluster-issuer" in ingress["metadata"]["annotations"]
+    password = cluster.get("v1", "Secret", "staging-database", "staging")
+    assert password is not None
+    assert (
+        base64.b64decode(password["data"]["password"]).decode()
+        == secret_values["staging-database-password"]
+    )
+
+
+def test_network_policies_keep_other_namespaces_out(
+    cluster: KubeEmulator, secret_values: dict[str, str]
+) -> None:
+    """Only the same namespace, the ingress controller and staging monitoring get in."""
+    provision_staging()
+    sources: set[str] = set()
+    for policy in cluster.list("NetworkPolicy", "staging"):
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule["from"]:
+                selector = peer.get("namespaceSelector", {}).get("matchLabels", {})
+                sources.add(selector.get("kubernetes.io/metadata.name", "<same namespace>"))
+    assert sources == {"<same namespace>", "kube-system", "staging-monitoring"}
+    deny = cluster.get(
+        "networking.k8s.io/v1", "NetworkPolicy", "default-deny-cross-namespace", "staging"
+    )
+    assert deny is not None
+    internet = [
+        peer["ipBlock"]
+        for rule in deny["spec"]["egress"]
+        for peer in rule["to"]
+        if "ipBlock" in peer
+    ]
+    assert internet == [{"cidr": "0.0.0.0/0", "except": ["10.42.0.0/16", "10.43.0.0/16"]}]
+
+
+def test_second_run_changes_nothing_and_says_so(
+    cluster: KubeEmulator, secret_values: dict[str, str]
+) -> None:
+    """Re-running reports 0 created / 0 changed and leaves every resourceVersion as it was."""
+    provision_staging()
+    versions = {
+        object_key(o): o["metadata"]["resourceVersion"] for o in cluster.list("Secret", "staging")
+    }
+    report = provision_staging()
+    assert (report.created, report.changed, report.unchanged) == (0, 0, len(EXPECTED_KEYS))
+    assert versions == {
+        object_key(o): o["metadata"]["resourceVersion"] for o in cluster.list("Secret", "staging")
+    }
+
+
+async def _latest_markdown(key: str) -> str:
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            limit=1,
+            sort="CREATED_DESC",  # type: ignore[arg-type]
+        )
+    assert artifacts, f"no artifact {key}"
+    return str(artifacts[0].data)
+
+
+async def test_report_artifact_lists_objects_and_never_a_secret_value(
+    cluster: KubeEmulator, secret_values: dict[str, str]
+) -> None:
+    """The run's markdown artifact names every object and contains no credential."""
+    from prefect.utilities.asyncutils import run_sync_in_worker_thread
+
+    await run_sync_in_worker_thread(provision_staging)
+    markdown = await _latest_markdown(ARTIFACT_KEY)
+    assert f"{len(EXPECTED_KEYS)} created, 0 changed, 0 unchanged" in markdown
+    for key in EXPECTED_KEYS:
+        assert key in markdown
+    for value in secret_values.values():
+        assert value not in markdown
+        assert base64.b64encode(value.encode()).decode() not in markdown
+
+
+def test_changed_model_value_is_reported_as_a_change_with_a_diff(
+    cluster: KubeEmulator, secret_values: dict[str, str], tmp_path: Path
+) -> None:
+    """Changing production's size changes staging's quota, and the run shows the diff."""
+    provision_staging()
+    model = tmp_path / "environments.yaml"
+    model.write_text("production:\n  quota: {limits_memory: 16Gi}\n")
+    report = provision_staging(environments_file=str(model))
+    changed = [c for c in report.changes if c.action == "change"]
+    assert [c.key for c in changed] == ["ResourceQuota/staging/staging-quota"]
+    assert "-    limits.memory: 4Gi" in changed[0].diff
+    assert "+    limits.memory: 8Gi" in changed[0].diff
+
+
+def test_dry_run_writes_nothing_and_previews_changes(
+    cluster: KubeEmulator, secret_values: dict[str, str], tmp_path: Path
+) -> None:
+    """dry_run on a provisioned cluster previews a change through the server and stores nothing."""
+    provision_staging()
+    before = _state(cluster)
+    cluster.clear_log()
+    model = tmp_path / "environments.yaml"
+    model.write_text("production:\n  app_resources: {cpu: '1'}\n")
+    report = provision_staging(dry_run=True, environments_file=str(model))
+    assert report.dry_run
+    assert [c.key for c in report.changes if c.action == "change"] == [
+        "LimitRange/staging/staging-limits"
+    ]
+    assert _state(cluster) == before
+    assert all(r.dry_run for r in cluster.writes())
+
+
+def test_run_through_transient_faults_ends_like_a_clean_run(
+    cluster: KubeEmulator, secret_values: dict[str, str], tmp_path: Path
+) -> None:
+    """Three 503s, a 429 with Retry-After and a dropped connection: same state as a clean run."""
+    with KubeEmulator() as clean, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KUBECONFIG", str(clean.write_kubeconfig(tmp_path / "clean-kubeconfig")))
+        provision_staging()
+        clean_state = _state(clean)
+
+    cluster.inject_faults(status=503, count=3, only_writes=True)
+    cluster.inject_faults(status=429, count=1, retry_after=1, only_writes=True)
+    cluster.inject_faults(drop=True, count=1, only_writes=True)
+    report = provision_staging()
+
+    assert _state(cluster) == clean_state
+    assert report.created == len(EXPECTED_KEYS)
+    statuses = [r.status for r in cluster.requests if r.is_write]
+    assert statuses.count(503) == 3
+    assert statuses.count(429) == 1
+
+
+def test_missing_secret_fails_before_any_write(
+    cluster: KubeEmulator, secret_values: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a staging secret the run fails naming it, and the API sees no write at all."""
+    monkeypatch.delenv(secret_env_var("staging-oauth-client-secret"))
+    with pytest.raises(SecretError, match="staging-oauth-client-secret"):
+        provision_staging()
+    assert cluster.writes() == []
+
+
+def test_staging_secret_equal_to_production_fails_before_any_write(
+    cluster: KubeEmulator, secret_values: dict[str, str]
+) -> None:
+    """A staging password equal to production's is refused (by fingerprint), nothing written."""
+    reused = secret_values["staging-database-password"]
+    cluster.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "production"}})
+    cluster.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "prod-database", "namespace": "production"},
+            "data": {"password": base64.b64encode(reused.encode()).decode()},
+        }
+    )
+    cluster.clear_log()
+    with pytest.raises(
+        SecretError, match="staging-database/password equals prod-database/password"
+    ) as err:
+        provision_staging()
+    assert reused not in str(err.value)
+    assert cluster.writes() == []
+
+
+def test_rbac_denial_fails_fast_naming_the_permission(
+    kube: KubeEmulator, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 403 is not retried and says which verb on which resource is missing."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    kube.deny("patch", "networkpolicies", namespace="staging")
+    objects = staging_objects(
+        TOPOLOGY,
+        {TOPOLOGY.staging.secret_name(s): {k: "v" for k in s.keys} for s in TOPOLOGY.secrets},
+    )
+    with pytest.raises(PermissionDenied, match=r"patch NetworkPolicy/staging/default-deny") as err:
+        apply_objects.fn(objects, cluster=TOPOLOGY.staging.cluster, settings=Settings())
+    assert "cannot patch resource" in str(err.value)
+    assert [r.status for r in kube.requests if r.is_write].count(403) == 1
+
+
+def test_guard_refuses_objects_aimed_at_production() -> None:
+    """An object in the production namespace, or naming a prod- secret or domain, is refused."""
+    bad = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "x", "namespace": "production"},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": "staging"},
+            "spec": {"tls": [{"hosts": ["api.rsolv.dev"], "secretName": "prod-tls"}]},
+        },
+    ]
+    with pytest.raises(GuardError) as err:
+        ensure_confined(bad, TOPOLOGY.staging, TOPOLOGY.production)
+    message = str(err.value)
+    assert "ConfigMap/production/x is in namespace 'production'" in message
+    assert "routes production domain 'api.rsolv.dev'" in message
+    assert "references production secret 'prod-tls'" in message
