@@ -268,7 +268,10 @@ class Topology(_Frozen):
         if prod.name != "production" or stag.name != "staging":
             raise ValueError("production and staging must be named 'production' and 'staging'")
         checks: list[tuple[str, bool]] = [
-            ("staging.app_resources.cpu", stag.app_resources.millicores < prod.app_resources.millicores),
+            (
+                "staging.app_resources.cpu",
+                stag.app_resources.millicores < prod.app_resources.millicores,
+            ),
             (
                 "staging.app_resources.memory",
                 stag.app_resources.memory_bytes < prod.app_resources.memory_bytes,
@@ -304,7 +307,9 @@ class Topology(_Frozen):
             return self.production
         if name == "staging":
             return self.staging
-        raise ConfigurationError(f"unknown environment {name!r}: expected 'production' or 'staging'")
+        raise ConfigurationError(
+            f"unknown environment {name!r}: expected 'production' or 'staging'"
+        )
 
 
 # RFC 002, "Resource Limits" and the monitoring/secret sections. Production is written
@@ -365,6 +370,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
@@ -375,10 +381,14 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _derive_staging(production: Environment, ratio: float, raw: Mapping[str, Any]) -> dict[str, Any]:
+def _derive_staging(
+    production: Environment, ratio: float, raw: Mapping[str, Any]
+) -> dict[str, Any]:
     """Staging's settings: its own keys from ``raw``, its size scaled from production."""
     database = dict(raw.get("database", {}))
-    database.setdefault("storage", format_memory(int(parse_memory(production.database.storage) * ratio)))
+    database.setdefault(
+        "storage", format_memory(int(parse_memory(production.database.storage) * ratio))
+    )
     database.setdefault("resources", production.database.resources.scaled(ratio).model_dump())
     database.setdefault("image", production.database.image)
     derived = {
