@@ -195,7 +195,8 @@ class SecretSpec(_Frozen):
     """A credential every environment has its own copy of (RFC 002 section 7)."""
 
     name: str = Field(description="Logical name; the Secret is '<prefix><name>'")
-    keys: tuple[str, ...] = Field(min_length=1, description="Keys inside the Secret")
+    # Not "keys": Prefect walks task inputs with dict(), which would call a .keys field.
+    data_keys: tuple[str, ...] = Field(min_length=1, description="Keys inside the Secret")
     purpose: str = Field(description="What it is for")
 
 
@@ -317,11 +318,19 @@ class Topology(_Frozen):
 DEFAULTS: dict[str, Any] = {
     "resource_ratio": 0.5,
     "secrets": [
-        {"name": "database", "keys": ["password"], "purpose": "PostgreSQL password"},
-        {"name": "convertkit", "keys": ["api-key", "api-secret"], "purpose": "ConvertKit account"},
-        {"name": "payment", "keys": ["api-key"], "purpose": "payment provider credentials"},
-        {"name": "oauth", "keys": ["client-id", "client-secret"], "purpose": "OAuth application"},
-        {"name": "monitoring", "keys": ["grafana-admin-password"], "purpose": "Grafana admin"},
+        {"name": "database", "data_keys": ["password"], "purpose": "PostgreSQL password"},
+        {
+            "name": "convertkit",
+            "data_keys": ["api-key", "api-secret"],
+            "purpose": "ConvertKit account",
+        },
+        {"name": "payment", "data_keys": ["api-key"], "purpose": "payment provider credentials"},
+        {
+            "name": "oauth",
+            "data_keys": ["client-id", "client-secret"],
+            "purpose": "OAuth application",
+        },
+        {"name": "monitoring", "data_keys": ["grafana-admin-password"], "purpose": "Grafana admin"},
     ],
     "production": {
         "namespace": "production",

@@ -266,7 +266,7 @@ def secrets(topology: Topology, values: SecretValues) -> list[Manifest]:
                 "metadata": _meta(env, name, secret_namespace(env, spec)),
                 "type": "Opaque",
                 "data": {
-                    key: base64.b64encode(values[name][key].encode()).decode() for key in spec.keys
+                    key: base64.b64encode(values[name][key].encode()).decode() for key in spec.data_keys
                 },
             }
         )

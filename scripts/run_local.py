@@ -23,7 +23,7 @@ from tasks.secrets import secret_env_var, source_name
 def _generate_missing_secrets() -> None:
     topology = load_topology()
     for spec in topology.secrets:
-        for key in spec.keys:
+        for key in spec.data_keys:
             var = secret_env_var(source_name(topology.staging.secret_name(spec), key))
             os.environ.setdefault(var, secrets.token_urlsafe(24))
 

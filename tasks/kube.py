@@ -381,3 +381,228 @@ def read_secret_fingerprints(
             data = live.get("data") or {}
             out[name] = {k: fingerprint(base64.b64decode(v)) for k, v in data.items()}
         return out
+
+
+# ------------------------------------------------------------------- rollouts and undo
+
+WORKLOAD_LABELS = "app.kubernetes.io/part-of=rsolv,app.kubernetes.io/managed-by=rsolv-staging"
+PRUNABLE_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("networking.k8s.io/v1", "Ingress"),
+)
+
+
+class RolloutResult(BaseModel):
+    """How one Deployment's rollout ended."""
+
+    name: str
+    ready: bool
+    reason: str = ""
+    seconds: float
+
+
+def rollout_verdict(dep: Mapping[str, Any]) -> tuple[bool | None, str]:
+    """(True, "") when rolled out, (False, why) when it failed, (None, "") while in progress.
+
+    The same reading of a Deployment's status that ``kubectl rollout status`` makes.
+    """
+    spec, status = dep.get("spec", {}), dep.get("status") or {}
+    generation = dep["metadata"].get("generation", 0)
+    if status.get("observedGeneration", 0) < generation:
+        return None, ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return False, f"ProgressDeadlineExceeded: {cond.get('message', '')}".strip()
+    wanted = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    if updated < wanted or status.get("replicas", 0) > updated:
+        return None, ""
+    if status.get("availableReplicas", 0) < updated:
+        return None, ""
+    return True, ""
+
+
+def _failure_details(dyn: DynamicClient, dep: Mapping[str, Any], settings: Settings) -> str:
+    """Why pods of ``dep`` are not ready, from their container states and Warning events."""
+    namespace = dep["metadata"]["namespace"]
+    selector = ",".join(
+        f"{k}={v}" for k, v in dep["spec"]["selector"].get("matchLabels", {}).items()
+    )
+    pods = _list(dyn, {"apiVersion": "v1", "kind": "Pod"}, namespace, selector, settings)
+    reasons: list[str] = []
+    pod_names = set()
+    for pod in pods.get("items", []):
+        pod_names.add(pod["metadata"]["name"])
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = cs.get("state") or {}
+            waiting = state.get("waiting") or (cs.get("lastState") or {}).get("terminated")
+            if waiting and waiting.get("reason"):
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
+                reasons.append(f"container {cs['name']} {waiting['reason']}{detail}")
+    events = _list(dyn, {"apiVersion": "v1", "kind": "Event"}, namespace, None, settings)
+    for event in events.get("items", []):
+        involved = (event.get("involvedObject") or {}).get("name")
+        if event.get("type") == "Warning" and (
+            involved in pod_names or involved == dep["metadata"]["name"]
+        ):
+            reasons.append(f"event {event.get('reason')}: {event.get('message', '')}")
+    return "; ".join(dict.fromkeys(reasons)) or "no pod reported a reason"
+
+
+@task(
+    name="wait-for-rollout",
+    cache_policy=NO_CACHE,
+    task_run_name="wait-{namespace}-{name}",
+)
+def wait_for_rollout(
+    name: str,
+    *,
+    namespace: str,
+    deadline_seconds: float,
+    cluster: Cluster,
+    settings: Settings,
+) -> RolloutResult:
+    """Watch a Deployment until it is rolled out, fails, or the deadline passes.
+
+    A watch, not a sleep loop: the first status change ends the wait. On failure the
+    reason comes from the Deployment's conditions, its pods' container states
+    (CrashLoopBackOff, ImagePullBackOff, ...) and Warning events.
+    """
+    started = time.monotonic()
+    dyn = connect(cluster, settings)
+    resource = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+    stub = {"apiVersion": "apps/v1", "kind": "Deployment"}
+    live = _get(dyn, {**stub, "metadata": {"name": name, "namespace": namespace}}, settings)
+    if live is None:
+        raise KubeError(f"Deployment {namespace}/{name} does not exist; nothing to wait for")
+    ready, reason = rollout_verdict(live)
+    version = live["metadata"]["resourceVersion"]
+    while ready is None:
+        remaining = deadline_seconds - (time.monotonic() - started)
+        if remaining <= 0:
+            break
+        for event in dyn.watch(
+            resource,
+            namespace=namespace,
+            field_selector=f"metadata.name={name}",
+            resource_version=version,
+            timeout=max(1, int(remaining)),
+        ):
+            live = event["raw_object"]
+            version = live["metadata"].get("resourceVersion", version)
+            ready, reason = rollout_verdict(live)
+            if ready is not None or time.monotonic() - started >= deadline_seconds:
+                break
+    elapsed = round(time.monotonic() - started, 2)
+    if ready:
+        return RolloutResult(name=name, ready=True, seconds=elapsed)
+    if ready is None:
+        reason = f"not ready within the {deadline_seconds:g}s deadline"
+    return RolloutResult(
+        name=name,
+        ready=False,
+        reason=f"{reason}; {_failure_details(dyn, live, settings)}",
+        seconds=elapsed,
+    )
+
+
+def restorable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A live object as it can be applied again: without status and server-owned fields."""
+    meta = {k: v for k, v in obj["metadata"].items() if k not in _SERVER_OWNED}
+    annotations = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if k != "deployment.kubernetes.io/revision"
+    }
+    meta["annotations"] = annotations
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
+@task(name="restore-objects", cache_policy=NO_CACHE)
+def restore_objects(
+    before: Mapping[str, dict[str, Any] | None],
+    *,
+    keys: Sequence[str],
+    stubs: Mapping[str, Manifest],
+    cluster: Cluster,
+    settings: Settings,
+) -> list[str]:
+    """Put ``keys`` back as they were in the ``before`` snapshot (the rollback).
+
+    Objects that existed are re-applied in their previous form; objects this run created
+    are deleted. Returns what was done, one line per object.
+    """
+    dyn = connect(cluster, settings)
+    done = []
+    for key in keys:
+        previous = before.get(key)
+        if previous is not None:
+            _apply(dyn, restorable(previous), settings, dry_run=False)
+            done.append(f"restored {key}")
+        else:
+            _delete(dyn, stubs[key], settings)
+            done.append(f"deleted {key} (created by the failed run)")
+    return done
+
+
+def _list(
+    dyn: DynamicClient,
+    stub: Mapping[str, Any],
+    namespace: str,
+    label_selector: str | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    resource = _resource(dyn, stub)
+    return dict(
+        _call(
+            lambda: resource.get(
+                namespace=namespace,
+                label_selector=label_selector,
+                _request_timeout=settings.kube_request_timeout_seconds,
+            ),
+            "list",
+            f"{stub['kind']} in {namespace}",
+        ).to_dict()
+    )
+
+
+def _delete(dyn: DynamicClient, obj: Mapping[str, Any], settings: Settings) -> None:
+    resource = _resource(dyn, obj)
+    meta = obj["metadata"]
+    try:
+        resource.delete(
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            _request_timeout=settings.kube_request_timeout_seconds,
+        )
+    except (ApiException, DynamicApiError) as exc:
+        if getattr(exc, "status", None) == 404:
+            return  # already gone: what we wanted
+        raise classify(exc, "delete", object_key(obj)) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise classify(exc, "delete", object_key(obj)) from exc
+
+
+@task(name="prune-objects", cache_policy=NO_CACHE, task_run_name="prune-{namespace}")
+def prune_objects(
+    keep: Sequence[str], *, namespace: str, cluster: Cluster, settings: Settings
+) -> list[str]:
+    """Delete the apps' objects (by label) that the rendered manifests no longer contain.
+
+    Only kinds the kustomize tree produces, only objects carrying both the ``part-of``
+    and ``managed-by`` labels, only in ``namespace``: provisioning's objects are never
+    candidates.
+    """
+    dyn = connect(cluster, settings)
+    pruned = []
+    for api_version, kind in PRUNABLE_KINDS:
+        stub = {"apiVersion": api_version, "kind": kind}
+        listed = _list(dyn, stub, namespace, WORKLOAD_LABELS, settings)
+        for item in listed.get("items", []):
+            obj = {**stub, "metadata": {"name": item["metadata"]["name"], "namespace": namespace}}
+            if object_key(obj) not in keep:
+                _delete(dyn, obj, settings)
+                pruned.append(object_key(obj))
+    return pruned

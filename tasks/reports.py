@@ -6,7 +6,7 @@ from typing import cast
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 
@@ -14,3 +14,9 @@ from prefect.cache_policies import NO_CACHE
 def publish_markdown(key: str, markdown: str, *, description: str) -> UUID:
     """Create a markdown artifact; the stable ``key`` makes the UI keep its history."""
     return cast(UUID, create_markdown_artifact(key=key, markdown=markdown, description=description))
+
+
+@task(name="publish-table", cache_policy=NO_CACHE, task_run_name="publish-{key}")
+def publish_table(key: str, rows: list[dict[str, str]], *, description: str) -> UUID:
+    """Create a table artifact; one version per run under the stable ``key``."""
+    return cast(UUID, create_table_artifact(key=key, table=rows, description=description))

@@ -73,7 +73,7 @@ def load_staging_secrets(topology: Topology) -> SecretValues:
     missing: list[str] = []
     for spec in topology.secrets:
         name = env.secret_name(spec)
-        for key in spec.keys:
+        for key in spec.data_keys:
             source = source_name(name, key)
             value = resolve_secret(source)
             if value is None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.provision import ARTIFACT_KEY, ProvisionReport, provision_staging
 from rsolv_staging.environments import default_topology
@@ -26,7 +27,7 @@ EXPECTED_KEYS = {"Ingress/staging/rsolv"} | {
     object_key(obj)
     for obj in staging_objects(
         TOPOLOGY,
-        {TOPOLOGY.staging.secret_name(s): {k: "x" for k in s.keys} for s in TOPOLOGY.secrets},
+        {TOPOLOGY.staging.secret_name(s): {k: "x" for k in s.data_keys} for s in TOPOLOGY.secrets},
     )
 }
 
@@ -36,7 +37,7 @@ def secret_values(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Fresh random staging credentials in the environment, as an operator would set them."""
     values = {}
     for spec in TOPOLOGY.secrets:
-        for key in spec.keys:
+        for key in spec.data_keys:
             source = source_name(TOPOLOGY.staging.secret_name(spec), key)
             values[source] = secrets.token_urlsafe(16)
             monkeypatch.setenv(secret_env_var(source), values[source])
@@ -159,25 +160,24 @@ def test_second_run_changes_nothing_and_says_so(
     }
 
 
-async def _latest_markdown(key: str) -> str:
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(
+def latest_artifact(key: str) -> str:
+    """The newest artifact's data under ``key``, read back from the Prefect API."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
             limit=1,
-            sort="CREATED_DESC",  # type: ignore[arg-type]
         )
     assert artifacts, f"no artifact {key}"
     return str(artifacts[0].data)
 
 
-async def test_report_artifact_lists_objects_and_never_a_secret_value(
+def test_report_artifact_lists_objects_and_never_a_secret_value(
     cluster: KubeEmulator, secret_values: dict[str, str]
 ) -> None:
     """The run's markdown artifact names every object and contains no credential."""
-    from prefect.utilities.asyncutils import run_sync_in_worker_thread
-
-    await run_sync_in_worker_thread(provision_staging)
-    markdown = await _latest_markdown(ARTIFACT_KEY)
+    provision_staging()
+    markdown = latest_artifact(ARTIFACT_KEY)
     assert f"{len(EXPECTED_KEYS)} created, 0 changed, 0 unchanged" in markdown
     for key in EXPECTED_KEYS:
         assert key in markdown
@@ -227,14 +227,14 @@ def test_run_through_transient_faults_ends_like_a_clean_run(
         provision_staging()
         clean_state = _state(clean)
 
-    cluster.inject_faults(status=503, count=3, only_writes=True)
-    cluster.inject_faults(status=429, count=1, retry_after=1, only_writes=True)
-    cluster.inject_faults(drop=True, count=1, only_writes=True)
+    cluster.inject_faults(503, count=3, only_writes=True)
+    cluster.inject_faults(429, count=1, retry_after=1, only_writes=True)
+    cluster.inject_faults("drop", count=1, only_writes=True)
     report = provision_staging()
 
     assert _state(cluster) == clean_state
     assert report.created == len(EXPECTED_KEYS)
-    statuses = [r.status for r in cluster.requests if r.is_write]
+    statuses = [r.status for r in cluster.requests() if r.is_write]
     assert statuses.count(503) == 3
     assert statuses.count(429) == 1
 
@@ -280,12 +280,12 @@ def test_rbac_denial_fails_fast_naming_the_permission(
     kube.deny("patch", "networkpolicies", namespace="staging")
     objects = staging_objects(
         TOPOLOGY,
-        {TOPOLOGY.staging.secret_name(s): {k: "v" for k in s.keys} for s in TOPOLOGY.secrets},
+        {TOPOLOGY.staging.secret_name(s): {k: "v" for k in s.data_keys} for s in TOPOLOGY.secrets},
     )
     with pytest.raises(PermissionDenied, match=r"patch NetworkPolicy/staging/default-deny") as err:
         apply_objects.fn(objects, cluster=TOPOLOGY.staging.cluster, settings=Settings())
     assert "cannot patch resource" in str(err.value)
-    assert [r.status for r in kube.requests if r.is_write].count(403) == 1
+    assert [r.status for r in kube.requests() if r.is_write].count(403) == 1
 
 
 def test_guard_refuses_objects_aimed_at_production() -> None:
