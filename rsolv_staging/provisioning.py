@@ -249,6 +249,10 @@ def network_policies(topology: Topology) -> list[Manifest]:
     ]
 
 
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
 def secrets(topology: Topology, values: SecretValues) -> list[Manifest]:
     """Staging's own credentials, ``staging-`` prefixed, as base64 ``data``.
 
@@ -265,9 +269,7 @@ def secrets(topology: Topology, values: SecretValues) -> list[Manifest]:
                 "kind": "Secret",
                 "metadata": _meta(env, name, secret_namespace(env, spec)),
                 "type": "Opaque",
-                "data": {
-                    key: base64.b64encode(values[name][key].encode()).decode() for key in spec.data_keys
-                },
+                "data": {key: _b64(values[name][key]) for key in spec.data_keys},
             }
         )
     return out

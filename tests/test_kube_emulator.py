@@ -1,0 +1,806 @@
+"""The Kubernetes API emulator, exercised over real HTTP by the official client and kubectl."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+import yaml
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from rsolv_staging.kube_emulator import KINDS, KubeEmulator, Mode
+from tests.plugins.kube import kubectl_path, run_kubectl
+
+NS = "staging"
+
+
+def deployment(
+    name: str = "web",
+    image: str = "ghcr.io/rsolv/app:1",
+    replicas: int = 2,
+    namespace: str = NS,
+    **labels: str,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name, **labels}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+        },
+    }
+
+
+def configmap(name: str, namespace: str = NS, **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "data": {"key": "value"},
+    }
+
+
+def status_of(err: ApiException) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(err.body)
+    return body
+
+
+@pytest.fixture
+def api(kube: KubeEmulator, kubeconfig: Path) -> Iterator[client.ApiClient]:
+    """An official ApiClient for the emulator, with the ``staging`` namespace created."""
+    kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    api_client = config.new_client_from_config(config_file=str(kubeconfig), context="emulator")
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture
+def apps(api: client.ApiClient) -> client.AppsV1Api:
+    return client.AppsV1Api(api)
+
+
+@pytest.fixture
+def dynamic(api: client.ApiClient, tmp_path: Path) -> DynamicClient:
+    return DynamicClient(api, cache_file=str(tmp_path / "discovery.json"))
+
+
+# --- CRUD through the typed client ------------------------------------------------------
+
+
+def test_configmap_create_get_list_replace_patch_delete(core: client.CoreV1Api) -> None:
+    """Every verb on a namespaced kind works, and only real changes move resourceVersion."""
+    created = core.create_namespaced_config_map(NS, configmap("app", tier="web"))
+    assert created.metadata.uid
+    assert created.metadata.generation == 1
+    got = core.read_namespaced_config_map("app", NS)
+    assert got.data == {"key": "value"}
+    assert got.metadata.resource_version == created.metadata.resource_version
+    assert [c.metadata.name for c in core.list_namespaced_config_map(NS).items] == ["app"]
+
+    body = core.read_namespaced_config_map("app", NS).to_dict()
+    body["data"] = {"key": "changed"}
+    replaced = core.replace_namespaced_config_map("app", NS, body)
+    assert replaced.data == {"key": "changed"}
+    assert int(replaced.metadata.resource_version) > int(created.metadata.resource_version)
+    assert replaced.metadata.generation == 2
+
+    merged = core.patch_namespaced_config_map(
+        "app", NS, {"data": {"extra": "1"}}, _content_type="application/merge-patch+json"
+    )
+    assert merged.data == {"key": "changed", "extra": "1"}
+    patched = core.patch_namespaced_config_map(
+        "app",
+        NS,
+        [{"op": "remove", "path": "/data/extra"}],
+        _content_type="application/json-patch+json",
+    )
+    assert patched.data == {"key": "changed"}
+    same = core.patch_namespaced_config_map("app", NS, {"data": {"key": "changed"}})
+    assert same.metadata.resource_version == patched.metadata.resource_version
+
+    core.delete_namespaced_config_map("app", NS)
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_config_map("app", NS)
+    assert missing.value.status == 404
+
+
+def test_strategic_merge_patch_merges_containers_by_name(apps: client.AppsV1Api) -> None:
+    """A strategic merge patch changes one container and keeps the others; a merge patch
+    replaces the whole list."""
+    dep = deployment()
+    dep["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "envoy"})
+    apps.create_namespaced_deployment(NS, dep)
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}}
+
+    strategic = apps.patch_namespaced_deployment(
+        "web", NS, patch, _content_type="application/strategic-merge-patch+json"
+    )
+    images = {c.name: c.image for c in strategic.spec.template.spec.containers}
+    assert images == {"app": "app:2", "sidecar": "envoy"}
+    assert strategic.metadata.generation == 2
+
+    merged = apps.patch_namespaced_deployment(
+        "web", NS, patch, _content_type="application/merge-patch+json"
+    )
+    assert [c.name for c in merged.spec.template.spec.containers] == ["app"]
+
+
+def test_cluster_scoped_kinds_and_namespace_deletion(
+    api: client.ApiClient, core: client.CoreV1Api, kube: KubeEmulator
+) -> None:
+    """Cluster-scoped kinds have no namespace; deleting a namespace deletes its content."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    role = {
+        "metadata": {"name": "system:rsolv:deployer", "namespace": "ignored"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}],
+    }
+    created = rbac.create_cluster_role(role)
+    assert created.metadata.namespace is None
+    patched = rbac.patch_cluster_role("system:rsolv:deployer", {"metadata": {"labels": {"a": "b"}}})
+    assert patched.metadata.labels == {"a": "b"}
+    assert patched.metadata.generation == 1
+    rbac.delete_cluster_role("system:rsolv:deployer")
+    assert kube.get("rbac.authorization.k8s.io/v1", "ClusterRole", "system:rsolv:deployer") is None
+
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="scratch")))
+    assert core.read_namespace("scratch").status.phase == "Active"
+    assert [sa.metadata.name for sa in core.list_namespaced_service_account("scratch").items] == [
+        "default"
+    ]  # like the real service account controller
+    core.create_namespaced_config_map("scratch", configmap("doomed", "scratch"))
+    core.delete_namespace("scratch")
+    assert kube.list("ConfigMap", "scratch") == []
+    assert kube.get("v1", "Namespace", "scratch") is None
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def _create_twice(core: client.CoreV1Api) -> None:
+    core.create_namespaced_config_map(NS, configmap("twice"))
+    core.create_namespaced_config_map(NS, configmap("twice"))
+
+
+def _replace_stale(core: client.CoreV1Api) -> None:
+    stale = core.create_namespaced_config_map(NS, configmap("stale")).to_dict()
+    core.patch_namespaced_config_map("stale", NS, {"data": {"key": "newer"}})
+    core.replace_namespaced_config_map("stale", NS, stale)
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "reason", "message"),
+    [
+        pytest.param(
+            lambda core: core.read_namespaced_config_map("nope", NS),
+            404,
+            "NotFound",
+            'configmaps "nope" not found',
+            id="get-missing",
+        ),
+        pytest.param(
+            lambda core: core.delete_namespaced_secret("nope", NS),
+            404,
+            "NotFound",
+            'secrets "nope" not found',
+            id="delete-missing",
+        ),
+        pytest.param(
+            lambda core: core.create_namespaced_config_map("absent", configmap("x", "absent")),
+            404,
+            "NotFound",
+            'namespaces "absent" not found',
+            id="missing-namespace",
+        ),
+        pytest.param(
+            _create_twice,
+            409,
+            "AlreadyExists",
+            'configmaps "twice" already exists',
+            id="already-exists",
+        ),
+        pytest.param(
+            _replace_stale,
+            409,
+            "Conflict",
+            "the object has been modified",
+            id="stale-resource-version",
+        ),
+        pytest.param(
+            lambda core: core.create_namespaced_config_map(NS, configmap("Not_DNS")),
+            422,
+            "Invalid",
+            'ConfigMap "Not_DNS" is invalid: metadata.name',
+            id="bad-name",
+        ),
+        pytest.param(
+            lambda core: core.create_namespaced_config_map(NS, {"data": {}}),
+            422,
+            "Invalid",
+            "name or generateName is required",
+            id="no-name",
+        ),
+    ],
+)
+def test_errors_are_status_bodies(
+    core: client.CoreV1Api, call: Callable[[Any], object], code: int, reason: str, message: str
+) -> None:
+    """Failures answer with the real server's code, and a Status body with its reason."""
+    with pytest.raises(ApiException) as raised:
+        call(core)
+    body = status_of(raised.value)
+    assert raised.value.status == code == body["code"]
+    assert body["kind"] == "Status"
+    assert body["status"] == "Failure"
+    assert body["reason"] == reason
+    assert message in body["message"]
+
+
+def test_unparseable_body_is_400(kube: KubeEmulator) -> None:
+    """A body that is not JSON is a 400 BadRequest Status."""
+    kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    response = urllib3.request(
+        "POST",
+        f"{kube.url}/api/v1/namespaces/{NS}/configmaps",
+        body=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 400
+    assert response.json()["reason"] == "BadRequest"
+
+
+# --- selectors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("selector", "names"),
+    [
+        ("tier=web", ["a", "b"]),
+        ("tier==web,env=prod", ["a"]),
+        ("tier!=web", ["c", "d"]),
+        ("env in (prod, dev)", ["a", "b", "c"]),
+        ("env notin (prod),tier", ["b"]),
+        ("!env", ["d"]),
+        ("env", ["a", "b", "c"]),
+    ],
+)
+def test_label_selectors(core: client.CoreV1Api, selector: str, names: list[str]) -> None:
+    """List filters by equality, inequality, set and existence requirements."""
+    for name, labels in {
+        "a": {"tier": "web", "env": "prod"},
+        "b": {"tier": "web", "env": "dev"},
+        "c": {"env": "prod"},
+        "d": {},
+    }.items():
+        core.create_namespaced_config_map(NS, configmap(name, **labels))
+    found = core.list_namespaced_config_map(NS, label_selector=selector).items
+    assert [c.metadata.name for c in found] == names
+
+
+def test_field_selectors_and_all_namespaces(core: client.CoreV1Api) -> None:
+    """metadata.name / metadata.namespace field selectors filter cluster-wide lists."""
+    core.create_namespaced_config_map(NS, configmap("one"))
+    core.create_namespaced_config_map("default", configmap("one", "default"))
+    everywhere = core.list_config_map_for_all_namespaces(field_selector="metadata.name=one")
+    assert sorted(c.metadata.namespace for c in everywhere.items) == ["default", NS]
+    only = core.list_config_map_for_all_namespaces(
+        field_selector=f"metadata.name=one,metadata.namespace!={NS}"
+    )
+    assert [c.metadata.namespace for c in only.items] == ["default"]
+
+
+# --- DynamicClient, server-side apply, dry run, status ------------------------------------
+
+
+def test_dynamic_client_discovers_every_kind(dynamic: DynamicClient) -> None:
+    """Discovery lists every kind of the table, with its scope and /status subresource."""
+    for kind in KINDS:
+        resource = dynamic.resources.get(api_version=kind.api_version, kind=kind.kind)
+        assert (resource.name, resource.namespaced) == (kind.plural, kind.namespaced)
+        assert ("status" in resource.subresources) is kind.status
+
+
+def test_server_side_apply_is_idempotent_and_prunes(
+    dynamic: DynamicClient, kube: KubeEmulator
+) -> None:
+    """Applying creates; the same apply changes nothing; a new one bumps the generation and
+    drops the fields that manager no longer applies."""
+    deployments = dynamic.resources.get(api_version="apps/v1", kind="Deployment")
+    body = deployment(team="rsolv")
+    created = deployments.server_side_apply(
+        body=body, name="web", namespace=NS, field_manager="rsolv-staging"
+    )
+    assert created.metadata.generation == 1
+    before = kube.get("apps/v1", "Deployment", "web", NS)
+    assert before is not None
+    assert before["metadata"]["managedFields"][0]["manager"] == "rsolv-staging"
+
+    again = deployments.server_side_apply(
+        body=body, name="web", namespace=NS, field_manager="rsolv-staging", force_conflicts=True
+    )
+    assert again.metadata.resourceVersion == before["metadata"]["resourceVersion"]
+
+    changed = deployment(image="ghcr.io/rsolv/app:2")  # and without the "team" label
+    after = deployments.server_side_apply(
+        body=changed, name="web", namespace=NS, field_manager="rsolv-staging"
+    )
+    assert int(after.metadata.resourceVersion) > int(before["metadata"]["resourceVersion"])
+    assert after.metadata.generation == 2
+    assert dict(after.metadata.labels) == {"app": "web"}
+
+
+def test_apply_needs_a_field_manager(dynamic: DynamicClient) -> None:
+    """An apply patch without fieldManager is rejected as the real server does."""
+    deployments = dynamic.resources.get(api_version="apps/v1", kind="Deployment")
+    with pytest.raises(ApiException) as raised:
+        deployments.server_side_apply(body=deployment(), name="web", namespace=NS)
+    assert raised.value.status == 422
+
+
+def test_dry_run_stores_nothing(core: client.CoreV1Api, kube: KubeEmulator) -> None:
+    """dryRun=All answers the would-be object, stores nothing, bumps nothing, and the log
+    flags the request as a dry-run write."""
+    seen = kube.store.resource_version
+    would_be = core.create_namespaced_config_map(NS, configmap("dry"), dry_run="All")
+    assert would_be.metadata.name == "dry"
+    assert would_be.metadata.uid
+    assert kube.get("v1", "ConfigMap", "dry", NS) is None
+    assert kube.store.resource_version == seen
+    [write] = kube.writes()
+    assert write.dry_run
+    assert write.method == "POST"
+    assert write.status == 201
+
+
+def test_status_only_changes_through_its_subresource(apps: client.AppsV1Api) -> None:
+    """/status writes change the status only, without a new generation; writes to the main
+    resource ignore the status they carry."""
+    apps.create_namespaced_deployment(NS, deployment())
+    patched = apps.patch_namespaced_deployment_status(
+        "web",
+        NS,
+        {"status": {"readyReplicas": 7}, "spec": {"replicas": 9}},
+        _content_type="application/merge-patch+json",
+    )
+    assert patched.status.ready_replicas == 7
+    assert patched.spec.replicas == 2
+    assert patched.metadata.generation == 1
+    main = apps.patch_namespaced_deployment(
+        "web", NS, {"status": {"readyReplicas": 1}}, _content_type="application/merge-patch+json"
+    )
+    assert main.status.ready_replicas == 7
+
+
+# --- watch ------------------------------------------------------------------------------
+
+
+def test_watch_sends_initial_events_bookmark_and_changes(core: client.CoreV1Api) -> None:
+    """A watch-list stream sends ADDED for what exists, the initial-events-end BOOKMARK, then
+    changes; a write that changes nothing sends nothing; the stream ends at its timeout."""
+    core.create_namespaced_config_map(NS, configmap("first"))
+
+    def writer() -> None:
+        time.sleep(0.3)
+        core.patch_namespaced_config_map("first", NS, {"data": {"key": "value"}})  # no-op
+        core.patch_namespaced_config_map("first", NS, {"data": {"key": "two"}})
+        core.delete_namespaced_config_map("first", NS)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started = time.monotonic()
+    events = [
+        (e["type"], e["raw_object"])
+        for e in watch.Watch().stream(
+            core.list_namespaced_config_map,
+            NS,
+            allow_watch_bookmarks=True,
+            send_initial_events=True,
+            resource_version_match="NotOlderThan",
+            timeout_seconds=1,
+        )
+    ]
+    thread.join()
+    assert time.monotonic() - started < 3
+    assert [t for t, _ in events] == ["ADDED", "BOOKMARK", "MODIFIED", "DELETED"]
+    bookmark = events[1][1]["metadata"]
+    assert bookmark["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert events[2][1]["data"] == {"key": "two"}
+
+
+def test_watch_from_a_resource_version_replays_later_events(core: client.CoreV1Api) -> None:
+    """A watch from a resourceVersion replays the events after it, filtered by selector."""
+    listed = core.list_namespaced_config_map(NS).metadata.resource_version
+    core.create_namespaced_config_map(NS, configmap("mine", team="a"))
+    core.create_namespaced_config_map(NS, configmap("theirs", team="b"))
+    events = watch.Watch().stream(
+        core.list_namespaced_config_map,
+        NS,
+        label_selector="team=a",
+        resource_version=listed,
+        timeout_seconds=1,
+    )
+    assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "mine")]
+
+
+# --- workload controllers ---------------------------------------------------------------
+
+
+def test_ready_workloads_report_ready(
+    apps: client.AppsV1Api, api: client.ApiClient, kube: KubeEmulator
+) -> None:
+    """By default Deployments become Available (with a revisioned ReplicaSet), StatefulSets
+    ready and Jobs complete."""
+    dep = apps.create_namespaced_deployment(NS, deployment())
+    status = apps.read_namespaced_deployment_status("web", NS)
+    assert status.status.observed_generation == dep.metadata.generation
+    assert status.status.available_replicas == status.status.ready_replicas == 2
+    conditions = {c.type: (c.status, c.reason) for c in status.status.conditions}
+    assert conditions == {
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "Progressing": ("True", "NewReplicaSetAvailable"),
+    }
+    [rs] = kube.list("ReplicaSet", NS)
+    assert rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+    assert rs["metadata"]["ownerReferences"][0]["uid"] == dep.metadata.uid
+
+    sts = deployment("db")
+    sts["kind"] = "StatefulSet"
+    apps.create_namespaced_stateful_set(NS, sts)
+    sts_status = apps.read_namespaced_stateful_set("db", NS).status
+    assert sts_status.ready_replicas == 2
+    assert sts_status.current_revision == sts_status.update_revision
+
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "migrate"},
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": "m", "image": "app:1"}], "restartPolicy": "Never"}
+            }
+        },
+    }
+    client.BatchV1Api(api).create_namespaced_job(NS, job)
+    done = client.BatchV1Api(api).read_namespaced_job("migrate", NS).status
+    assert done.succeeded == 1
+    assert [c.type for c in done.conditions][-1] == "Complete"
+
+
+def test_never_ready_workload_leaves_a_crashlooping_pod_and_event(
+    apps: client.AppsV1Api, core: client.CoreV1Api, kube: KubeEmulator
+) -> None:
+    """In never-ready mode the Deployment stays unavailable, its pod waits in
+    CrashLoopBackOff and a BackOff event names the image."""
+    kube.set_workload_behaviour("never-ready", namespace=NS, name="web")
+    apps.create_namespaced_deployment(NS, deployment(image="ghcr.io/rsolv/app:bad"))
+    status = apps.read_namespaced_deployment("web", NS).status
+    assert status.updated_replicas == 2
+    assert status.available_replicas == 0
+    available = next(c for c in status.conditions if c.type == "Available")
+    assert (available.status, available.reason) == ("False", "MinimumReplicasUnavailable")
+    pod = core.list_namespaced_pod(NS, label_selector="app=web").items[0]
+    assert pod.status.container_statuses[0].state.waiting.reason == "CrashLoopBackOff"
+    events = core.list_namespaced_event(NS).items
+    assert {e.reason for e in events} == {"BackOff"}
+    assert all("ghcr.io/rsolv/app:bad" in e.message for e in events)
+
+
+def test_failing_workload_exceeds_its_progress_deadline(
+    apps: client.AppsV1Api, kube: KubeEmulator
+) -> None:
+    """In failing mode (here chosen by image) the Deployment reports ProgressDeadlineExceeded
+    and its pods ImagePullBackOff; other images still roll out."""
+    kube.set_workload_behaviour("failing", image="ghcr.io/rsolv/app:broken")
+    apps.create_namespaced_deployment(NS, deployment(image="ghcr.io/rsolv/app:broken"))
+    progressing = next(
+        c
+        for c in apps.read_namespaced_deployment("web", NS).status.conditions
+        if c.type == "Progressing"
+    )
+    assert (progressing.status, progressing.reason) == ("False", "ProgressDeadlineExceeded")
+    pods = kube.list("Pod", NS)
+    assert (
+        pods[0]["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+        == "ImagePullBackOff"
+    )
+    apps.create_namespaced_deployment(NS, deployment("api"))
+    assert apps.read_namespaced_deployment("api", NS).status.available_replicas == 2
+
+
+def test_rollback_reuses_the_previous_replicaset(
+    apps: client.AppsV1Api, kube: KubeEmulator
+) -> None:
+    """Each template gets a ReplicaSet revision; restoring an old template reuses its
+    ReplicaSet under a new revision, as the real controller does."""
+    apps.create_namespaced_deployment(NS, deployment(image="app:1"))
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}}
+    apps.patch_namespaced_deployment("web", NS, patch)
+    revisions = {
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]: rs
+        for rs in kube.list("ReplicaSet", NS)
+    }
+    assert sorted(revisions) == ["1", "2"]
+    old_template = revisions["1"]["spec"]["template"]
+    old_template["metadata"]["labels"].pop("pod-template-hash")
+    apps.patch_namespaced_deployment(
+        "web",
+        NS,
+        {"spec": {"template": old_template}},
+        _content_type="application/merge-patch+json",
+    )
+    rolled = apps.read_namespaced_deployment("web", NS)
+    assert rolled.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+    assert rolled.spec.template.spec.containers[0].image == "app:1"
+    assert len(kube.list("ReplicaSet", NS)) == 2
+
+
+def test_delayed_readiness_is_seen_by_a_watch(apps: client.AppsV1Api, kube: KubeEmulator) -> None:
+    """With a delay, the Deployment is first unobserved, then a MODIFIED event makes it ready."""
+    kube.set_workload_behaviour("ready", delay=0.3)
+    apps.create_namespaced_deployment(NS, deployment())
+    assert apps.read_namespaced_deployment("web", NS).status.observed_generation is None
+    for event in watch.Watch().stream(apps.list_namespaced_deployment, NS, timeout_seconds=2):
+        if (event["object"].status.available_replicas or 0) == 2:
+            break
+    else:
+        pytest.fail("the Deployment never became available")
+
+
+# --- test controls ----------------------------------------------------------------------
+
+
+def test_injected_503_and_429_reach_the_client(core: client.CoreV1Api, kube: KubeEmulator) -> None:
+    """Injected faults answer as the API server would: 503 Status, 429 with Retry-After; then
+    service resumes."""
+    kube.inject_faults(503)
+    with pytest.raises(ApiException) as unavailable:
+        core.list_namespaced_config_map(NS)
+    assert unavailable.value.status == 503
+    assert status_of(unavailable.value)["reason"] == "ServiceUnavailable"
+
+    # A POST: urllib3's default Retry would wait out the Retry-After of a 429 on a GET.
+    kube.inject_faults(429, retry_after=7)
+    with pytest.raises(ApiException) as throttled:
+        core.create_namespaced_config_map(NS, configmap("x"))
+    assert throttled.value.status == 429
+    assert throttled.value.headers["Retry-After"] == "7"
+    assert core.list_namespaced_config_map(NS).items == []
+    assert [r.fault for r in kube.requests()] == ["503", "429", None]
+
+
+def test_only_writes_faults_spare_reads(core: client.CoreV1Api, kube: KubeEmulator) -> None:
+    """Faults limited to writes leave reads alone and are used up by the writes."""
+    kube.inject_faults(500, count=2, only_writes=True)
+    core.list_namespaced_config_map(NS)
+    for _ in range(2):
+        with pytest.raises(ApiException, match="500"):
+            core.create_namespaced_config_map(NS, configmap("x"))
+    core.create_namespaced_config_map(NS, configmap("x"))
+
+
+def test_dropped_connection_is_a_connection_error(
+    core: client.CoreV1Api, kube: KubeEmulator
+) -> None:
+    """A dropped connection (no response at all) surfaces as a urllib3 protocol error."""
+    kube.inject_faults("drop", methods=["POST"])
+    with pytest.raises((urllib3.exceptions.ProtocolError, urllib3.exceptions.MaxRetryError)):
+        core.create_namespaced_config_map(NS, configmap("x"))
+    assert kube.requests()[-1].status == 0
+
+
+@pytest.mark.parametrize("namespace", [NS, None], ids=["in-namespace", "everywhere"])
+def test_deny_answers_forbidden(
+    api: client.ApiClient, kube: KubeEmulator, namespace: str | None
+) -> None:
+    """deny() answers 403 with the real server's message, in a namespace or everywhere."""
+    kube.deny("create", "deployments", namespace, user="system:serviceaccount:ci:deployer")
+    with pytest.raises(ApiException) as raised:
+        client.AppsV1Api(api).create_namespaced_deployment(NS, deployment())
+    body = status_of(raised.value)
+    assert raised.value.status == 403
+    assert body["reason"] == "Forbidden"
+    assert body["message"] == (
+        "deployments.apps is forbidden: User "
+        '"system:serviceaccount:ci:deployer" cannot create resource '
+        f'"deployments" in API group "apps" in the namespace "{NS}"'
+    )
+
+
+def test_deny_at_cluster_scope(core: client.CoreV1Api, kube: KubeEmulator) -> None:
+    """A denied cluster-scoped create says so; other verbs stay allowed."""
+    kube.deny("create", "namespaces")
+    with pytest.raises(ApiException) as raised:
+        core.create_namespace({"metadata": {"name": "prod"}})
+    assert status_of(raised.value)["message"] == (
+        f'namespaces is forbidden: User "{kube.user}" cannot create resource "namespaces" '
+        'in API group "" at the cluster scope'
+    )
+    assert core.read_namespace(NS).metadata.name == NS
+
+
+def test_request_log_records_writes(core: client.CoreV1Api, kube: KubeEmulator) -> None:
+    """Every request is logged with its query and status; writes() keeps the mutating ones."""
+    kube.clear_log()
+    core.create_namespaced_config_map(NS, configmap("logged"))
+    core.read_namespaced_config_map("logged", NS)
+    core.patch_namespaced_config_map("logged", NS, {"data": {"a": "b"}}, field_manager="me")
+    assert [(r.method, r.status) for r in kube.requests()] == [
+        ("POST", 201),
+        ("GET", 200),
+        ("PATCH", 200),
+    ]
+    patch = kube.writes()[-1]
+    assert patch.query == {"fieldManager": "me"}
+    assert patch.body == {"data": {"a": "b"}}
+    assert patch.content_type == "application/strategic-merge-patch+json"
+
+
+def test_stop_closes_the_port_and_open_watches() -> None:
+    """stop() ends open watches and idle connections promptly and frees the port."""
+    emulator = KubeEmulator().start()
+    url, port = emulator.url, emulator.port
+    stream = urllib3.request("GET", f"{url}/api/v1/namespaces?watch=true", preload_content=False)
+    assert stream.status == 200
+    started = time.monotonic()
+    emulator.stop()
+    assert time.monotonic() - started < 2
+    stream.release_conn()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+        pass
+
+
+# --- kubectl ----------------------------------------------------------------------------
+
+
+def _write(path: Path, *docs: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump_all(docs))
+    return path
+
+
+def test_kubectl_server_side_apply_get_rollout_and_wait(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """kubectl applies server-side (twice without change), reads JSON, sees the rollout
+    complete and waits for Available."""
+    manifest = _write(tmp_path / "web.yaml", deployment(namespace="default"))
+    first = run_kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest), check=True)
+    assert "deployment.apps/web serverside-applied" in first.stdout
+    applied = kube.get("apps/v1", "Deployment", "web", "default")
+    assert applied is not None
+    second = run_kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest), check=True)
+    assert "serverside-applied" in second.stdout
+    got = json.loads(
+        run_kubectl(kubeconfig, "get", "deployment", "web", "-o", "json", check=True).stdout
+    )
+    assert got["metadata"]["resourceVersion"] == applied["metadata"]["resourceVersion"]
+
+    rollout = run_kubectl(kubeconfig, "rollout", "status", "deployment/web", "--timeout=10s")
+    assert rollout.returncode == 0, rollout.stderr
+    assert 'deployment "web" successfully rolled out' in rollout.stdout
+    waited = run_kubectl(
+        kubeconfig, "wait", "--for=condition=Available", "deployment/web", "--timeout=10s"
+    )
+    assert waited.returncode == 0
+    assert "condition met" in waited.stdout
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("never-ready", "timed out waiting"),
+        ("failing", "exceeded its progress deadline"),
+    ],
+)
+def test_kubectl_rollout_status_fails_for_unready_deployments(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path, mode: Mode, message: str
+) -> None:
+    """kubectl rollout status fails when pods never become ready or the deadline passes."""
+    kube.set_workload_behaviour(mode)
+    manifest = _write(tmp_path / "web.yaml", deployment(namespace="default"))
+    run_kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest), check=True)
+    rollout = run_kubectl(kubeconfig, "rollout", "status", "deployment/web", "--timeout=1s")
+    assert rollout.returncode != 0
+    assert message in rollout.stderr
+
+
+def test_kubectl_applies_a_kustomization_and_rolls_back(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """apply --server-side -k creates everything a kustomization renders; rollout undo
+    restores the previous template."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    _write(
+        overlay / "resources.yaml",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sandbox"}},
+        configmap("settings", "sandbox"),
+        deployment(namespace="sandbox"),
+    )
+    (overlay / "kustomization.yaml").write_text(
+        "namespace: sandbox\nresources: [resources.yaml]\n"
+        "images: [{name: ghcr.io/rsolv/app, newTag: '2'}]\n"
+    )
+    applied = run_kubectl(kubeconfig, "apply", "--server-side", "-k", str(overlay))
+    assert applied.returncode == 0, applied.stderr
+    assert kube.get("v1", "ConfigMap", "settings", "sandbox") is not None
+
+    (overlay / "kustomization.yaml").write_text(
+        "namespace: sandbox\nresources: [resources.yaml]\n"
+        "images: [{name: ghcr.io/rsolv/app, newTag: '3'}]\n"
+    )
+    run_kubectl(kubeconfig, "apply", "--server-side", "-k", str(overlay), check=True)
+    undo = run_kubectl(kubeconfig, "rollout", "undo", "deployment/web", "-n", "sandbox")
+    assert undo.returncode == 0, undo.stderr
+    dep = kube.get("apps/v1", "Deployment", "web", "sandbox")
+    assert dep is not None
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/rsolv/app:2"
+    assert len(kube.list("ReplicaSet", "sandbox")) == 2
+
+
+def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+    """``python -m rsolv_staging.kube_emulator`` says it is an emulator, writes a kubeconfig
+    kubectl can use, and exits cleanly on SIGTERM."""
+    kubeconfig = tmp_path / "kubeconfig"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rsolv_staging.kube_emulator",
+            "--port",
+            "0",
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        while not lines or "kubeconfig written" not in lines[-1]:
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)
+        assert "EMULATOR of the Kubernetes API" in "".join(lines)
+        namespaces = subprocess.run(
+            [
+                str(kubectl_path()),
+                "--kubeconfig",
+                str(kubeconfig),
+                "get",
+                "namespaces",
+                "-o",
+                "name",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        assert "namespace/default" in namespaces.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert "stopped" in output
