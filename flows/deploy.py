@@ -25,6 +25,7 @@ Parameters:
     trigger: who or what started the deploy (e.g. ``ci:push:<sha>``), kept in the record.
     rollout_deadline_seconds: how long a rollout may take before it is rolled back.
     run_smoke_tests / smoke_checks_file: the smoke tests after the rollout.
+    manifests_dir: another kustomize tree laid out like ``deployments/``.
 
 Run it: ``python -m flows.deploy --image rsolv-api=ghcr.io/...@sha256:...``, or the
 ``deploy/deploy-staging`` deployment (CI triggers it through the Prefect API).
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 
 from flows.smoke_test import smoke_test
@@ -62,7 +64,7 @@ from tasks.kube import (
     summarize,
     wait_for_rollout,
 )
-from tasks.manifests import render_overlay
+from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
 from tasks.reports import publish_table
 
@@ -97,6 +99,7 @@ def deploy(
     smoke_checks_file: str | None = None,
     approval_id: str | None = None,
     environments_file: str | None = None,
+    manifests_dir: str | None = None,
 ) -> DeployReport:
     """Deploy exact image digests to an environment, or leave it as it was."""
     started = datetime.now(UTC)
@@ -118,7 +121,8 @@ def deploy(
     live_apps = {app: running[object_key(stub)] for app, stub in stubs.items()}
     refs = resolve_images(images, target.apps, live_apps)
 
-    objects = render_overlay(environment, images=refs)
+    root = Path(manifests_dir) if manifests_dir else DEPLOYMENTS
+    objects = render_overlay(environment, images=refs, root=root)
     ensure_confined(objects, target, other)
 
     before = retrying(read_objects, settings)(objects, **with_retries)
@@ -139,7 +143,8 @@ def deploy(
 
     if not failed and run_smoke_tests:
         try:
-            smoke_test(environment=environment, checks_file=smoke_checks_file)
+            # smoke_test is an async flow; run it to completion as this flow's subflow.
+            run_coro_as_sync(smoke_test(environment=environment, checks_file=smoke_checks_file))
         except SmokeTestFailed as exc:
             reason = f"smoke tests failed after the rollout: {exc}"
 

@@ -11,5 +11,8 @@ from prefect.testing.utilities import prefect_test_harness
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """A real Prefect API server with a throwaway database, shared by the session."""
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    with pytest.MonkeyPatch.context() as mp:
+        # The server's telemetry heartbeat only adds noise (and sqlite lock errors) here.
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=60):
+            yield

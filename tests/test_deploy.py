@@ -1,0 +1,213 @@
+"""The deploy flow against the Kubernetes API emulator and real HTTP smoke targets."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flows.deploy import deploy
+from rsolv_staging.deployments import DeployFailed
+from rsolv_staging.exceptions import ConfigurationError, GuardError
+from rsolv_staging.kube_emulator import KubeEmulator
+from tasks.manifests import DEPLOYMENTS
+from tests.plugins.http import Server
+from tests.test_provision import latest_artifact
+
+API = "ghcr.io/rsolv-dev/rsolv-api"
+LANDING = "ghcr.io/rsolv-dev/rsolv-landing"
+GOOD = "sha256:" + "1" * 64
+BAD = "sha256:" + "2" * 64
+
+
+def images(digest: str) -> dict[str, str]:
+    return {"rsolv-api": f"{API}@{digest}", "rsolv-landing": f"{LANDING}@{digest}"}
+
+
+def checks_file(tmp_path: Path, server: Server, *, path: str = "/api/health") -> str:
+    """A staging smoke checks file aimed at the local app server."""
+    file = tmp_path / f"checks{path.replace('/', '-')}.yaml"
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "environment": "staging",
+                "checks": [
+                    {"name": "landing", "url": f"{server.url}/", "status": 200},
+                    {"name": "api", "url": f"{server.url}{path}", "status": 200},
+                ],
+            }
+        )
+    )
+    return str(file)
+
+
+@pytest.fixture
+def staging(
+    kube: KubeEmulator, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None
+) -> KubeEmulator:
+    """The emulator as the current context, with the staging namespace provisioned."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("RSOLV_KUBE_RETRY_DELAY_SECONDS", "0.05")
+    kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "staging"}})
+    return kube
+
+
+def running_images(kube: KubeEmulator) -> dict[str, str]:
+    out = {}
+    for dep in kube.list("Deployment", "staging"):
+        out[dep["metadata"]["name"]] = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+    return out
+
+
+def test_good_deploy_applies_waits_smoke_tests_and_records(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """A good deploy runs the exact digests, passes smoke tests and leaves a record."""
+    report = deploy(
+        images=images(GOOD),
+        trigger="ci:push:abc123",
+        smoke_checks_file=checks_file(tmp_path, app_server),
+    )
+    assert report.result == "succeeded"
+    assert running_images(staging) == {
+        "rsolv-api": f"{API}@{GOOD}",
+        "rsolv-landing": f"{LANDING}@{GOOD}",
+    }
+    record = latest_artifact("deployments-staging")
+    assert GOOD in record
+    assert "ci:push:abc123" in record
+    assert "succeeded" in record
+
+
+def test_second_identical_deploy_changes_nothing(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """Deploying the same digests again leaves every object's resourceVersion alone."""
+    checks = checks_file(tmp_path, app_server)
+    deploy(images=images(GOOD), smoke_checks_file=checks)
+    versions = {
+        o["metadata"]["name"]: o["metadata"]["resourceVersion"]
+        for o in staging.list("Deployment", "staging")
+    }
+    report = deploy(images=images(GOOD), smoke_checks_file=checks)
+    assert {c.action for c in report.changes} == {"unchanged"}
+    assert versions == {
+        o["metadata"]["name"]: o["metadata"]["resourceVersion"]
+        for o in staging.list("Deployment", "staging")
+    }
+    previous = {r.app: r.previous_digest for r in report.records}
+    assert previous == {"rsolv-api": f"{API}@{GOOD}", "rsolv-landing": f"{LANDING}@{GOOD}"}
+
+
+def test_never_ready_workload_is_rolled_back_within_the_deadline(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """A digest whose pods crash-loop is rolled back to the previous one, and the run says why."""
+    checks = checks_file(tmp_path, app_server)
+    deploy(images=images(GOOD), smoke_checks_file=checks)
+    staging.set_workload_behaviour("never-ready", image=f"{API}@{BAD}")
+
+    started = time.monotonic()
+    with pytest.raises(DeployFailed) as err:
+        deploy(
+            images={"rsolv-api": f"{API}@{BAD}"},
+            rollout_deadline_seconds=3,
+            smoke_checks_file=checks,
+        )
+    elapsed = time.monotonic() - started
+    message = str(err.value)
+    assert "rolled back" in message
+    assert "CrashLoopBackOff" in message
+    assert running_images(staging)["rsolv-api"] == f"{API}@{GOOD}"
+    api = staging.get("apps/v1", "Deployment", "rsolv-api", "staging")
+    assert api is not None
+    assert api["status"]["availableReplicas"] == api["spec"]["replicas"]
+    assert elapsed < 3 + 10, f"rollback took {elapsed:.1f}s"
+    assert "rolled back" in latest_artifact("deployments-staging")
+
+
+def test_failed_smoke_test_rolls_back(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """A critical smoke check failing after the rollout rolls back to the previous digest."""
+    deploy(images=images(GOOD), smoke_checks_file=checks_file(tmp_path, app_server))
+    with pytest.raises(DeployFailed, match="smoke tests failed"):
+        deploy(
+            images=images(BAD),
+            smoke_checks_file=checks_file(tmp_path, app_server, path="/500"),
+        )
+    assert set(running_images(staging).values()) == {f"{API}@{GOOD}", f"{LANDING}@{GOOD}"}
+
+
+def test_overlay_naming_the_production_namespace_writes_nothing(
+    staging: KubeEmulator, tmp_path: Path
+) -> None:
+    """A staging overlay that points at production is refused before the first write."""
+    tree = tmp_path / "deployments"
+    shutil.copytree(DEPLOYMENTS, tree)
+    overlay = tree / "overlays" / "staging" / "kustomization.yaml"
+    overlay.write_text(overlay.read_text().replace("namespace: staging", "namespace: production"))
+    staging.clear_log()
+    with pytest.raises(
+        GuardError, match="Deployment/production/rsolv-api is in namespace 'production'"
+    ):
+        deploy(images=images(GOOD), manifests_dir=str(tree), run_smoke_tests=False)
+    assert staging.writes() == []
+
+
+@pytest.mark.parametrize(
+    ("requested", "field"),
+    [
+        ({"rsolv-api": f"{API}:latest", "rsolv-landing": f"{LANDING}@{GOOD}"}, "images.rsolv-api"),
+        ({"rsolv-api": "not an image", "rsolv-landing": f"{LANDING}@{GOOD}"}, "images.rsolv-api"),
+        ({"rsolv-api": f"{API}@{GOOD}"}, "images.rsolv-landing"),  # not running yet: needs one
+        ({"rsolv-web": f"{API}@{GOOD}"}, "unknown application"),
+    ],
+)
+def test_bad_image_input_is_refused_before_any_write(
+    staging: KubeEmulator, requested: dict[str, str], field: str
+) -> None:
+    """Tags, malformed references, unknown apps and missing first images write nothing."""
+    staging.clear_log()
+    with pytest.raises(ConfigurationError, match=field):
+        deploy(images=requested, run_smoke_tests=False)
+    assert staging.writes() == []
+
+
+def test_production_is_not_deployed_without_an_approval(staging: KubeEmulator) -> None:
+    """The deploy flow alone never writes production: that needs the promotion's approval."""
+    staging.clear_log()
+    with pytest.raises(GuardError, match="promote-to-production"):
+        deploy(images=images(GOOD), environment="production", run_smoke_tests=False)
+    assert staging.writes() == []
+
+
+def test_objects_no_longer_rendered_are_pruned(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """An app object the tree no longer renders is deleted; provisioning's objects are kept."""
+    labels = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/managed-by": "rsolv-staging"}
+    leftover: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "old-feature-flags", "namespace": "staging", "labels": labels},
+    }
+    provisioned: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "kept",
+            "namespace": "staging",
+            "labels": {"app.kubernetes.io/managed-by": "rsolv-staging"},
+        },
+    }
+    staging.seed(leftover)
+    staging.seed(provisioned)
+    report = deploy(images=images(GOOD), smoke_checks_file=checks_file(tmp_path, app_server))
+    assert report.pruned == ["ConfigMap/staging/old-feature-flags"]
+    assert staging.get("v1", "ConfigMap", "old-feature-flags", "staging") is None
+    assert staging.get("v1", "ConfigMap", "kept", "staging") is not None
