@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 pytest_plugins = [
+    "tests.plugins.http",
     "tests.plugins.kube",
     "tests.plugins.prefect",
 ]

@@ -114,10 +114,11 @@ def deploy(
             "approval; nothing was applied"
         )
     cluster = target.cluster
-    with_retries = {"cluster": cluster, "settings": settings}
 
     stubs = {app: _deployment_stub(app, target.namespace) for app in target.apps}
-    running = retrying(read_objects, settings)(list(stubs.values()), **with_retries)
+    running = retrying(read_objects, settings)(
+        list(stubs.values()), cluster=cluster, settings=settings
+    )
     live_apps = {app: running[object_key(stub)] for app, stub in stubs.items()}
     refs = resolve_images(images, target.apps, live_apps)
 
@@ -125,8 +126,8 @@ def deploy(
     objects = render_overlay(environment, images=refs, root=root)
     ensure_confined(objects, target, other)
 
-    before = retrying(read_objects, settings)(objects, **with_retries)
-    applied = retrying(apply_objects, settings)(objects, **with_retries)
+    before = retrying(read_objects, settings)(objects, cluster=cluster, settings=settings)
+    applied = retrying(apply_objects, settings)(objects, cluster=cluster, settings=settings)
     changes = summarize(objects, before, applied)
 
     rollouts = [
@@ -134,7 +135,8 @@ def deploy(
             app,
             namespace=target.namespace,
             deadline_seconds=rollout_deadline_seconds,
-            **with_retries,
+            cluster=cluster,
+            settings=settings,
         )
         for app in target.apps
     ]
@@ -143,7 +145,8 @@ def deploy(
 
     if not failed and run_smoke_tests:
         try:
-            # smoke_test is an async flow; run it to completion as this flow's subflow.
+            # smoke_test is an async flow: called from this sync flow it returns a coroutine
+            # that would never run unless driven to completion here.
             run_coro_as_sync(smoke_test(environment=environment, checks_file=smoke_checks_file))
         except SmokeTestFailed as exc:
             reason = f"smoke tests failed after the rollout: {exc}"
@@ -154,13 +157,16 @@ def deploy(
         logger.error("deploy to %s failed, rolling back: %s", environment, reason)
         touched = [c.key for c in changes if c.action != "unchanged"]
         by_key = {object_key(o): o for o in objects}
-        rollback = restore_objects(before, keys=touched, stubs=by_key, **with_retries)
+        rollback = restore_objects(
+            before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
+        )
         restored = [
             wait_for_rollout(
                 app,
                 namespace=target.namespace,
                 deadline_seconds=rollout_deadline_seconds,
-                **with_retries,
+                cluster=cluster,
+                settings=settings,
             )
             for app in target.apps
             if before.get(object_key(stubs[app])) is not None and object_key(stubs[app]) in touched
@@ -174,7 +180,10 @@ def deploy(
             )
     else:
         pruned = prune_objects(
-            [object_key(o) for o in objects], namespace=target.namespace, **with_retries
+            [object_key(o) for o in objects],
+            namespace=target.namespace,
+            cluster=cluster,
+            settings=settings,
         )
         result = "succeeded"
 

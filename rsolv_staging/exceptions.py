@@ -38,3 +38,36 @@ class TransientKubeError(StagingError):
 
 class PermissionDenied(KubeError):
     """The identity in use lacks an RBAC permission; the message names it."""
+
+
+class SmokeTestFailed(StagingError):
+    """A critical smoke check failed: the environment is not healthy (deploys roll back).
+
+    ``failed_checks`` names the failed critical checks; ``report`` is the smoke flow's
+    full report (``rsolv_staging.smoke.SmokeReport``), kept here so a caller that catches
+    the failure can still read every result.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed_checks: tuple[str, ...] = (),
+        report: object | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.failed_checks = failed_checks
+        self.report = report
+
+
+class DataError(StagingError):
+    """A database operation failed: connection, schema drift, load or verification.
+
+    ``transient`` says whether retrying may help (lost connection, lock timeout, server
+    shutting down) or not (bad password, schema drift, a violated constraint). Messages
+    never contain a DSN's password.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import task
@@ -17,6 +17,6 @@ def publish_markdown(key: str, markdown: str, *, description: str) -> UUID:
 
 
 @task(name="publish-table", cache_policy=NO_CACHE, task_run_name="publish-{key}")
-def publish_table(key: str, rows: list[dict[str, str]], *, description: str) -> UUID:
+def publish_table(key: str, rows: list[dict[str, Any]], *, description: str) -> UUID:
     """Create a table artifact; one version per run under the stable ``key``."""
     return cast(UUID, create_table_artifact(key=key, table=rows, description=description))
