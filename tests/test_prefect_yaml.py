@@ -1,0 +1,39 @@
+"""prefect.yaml names only entrypoints that exist and import, with valid parameters."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect import Flow
+
+from rsolv_staging.settings import REPO_ROOT
+
+PREFECT_YAML = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = PREFECT_YAML["deployments"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_entrypoint_imports_and_is_a_flow(deployment: dict[str, Any]) -> None:
+    """Every entrypoint's file exists, imports, and names a flow taking the given parameters."""
+    path, _, name = deployment["entrypoint"].partition(":")
+    assert (REPO_ROOT / path).exists()
+    module = importlib.import_module(Path(path).with_suffix("").as_posix().replace("/", "."))
+    flow = getattr(module, name)
+    assert isinstance(flow, Flow)
+    accepted = inspect.signature(flow.fn).parameters
+    assert set(deployment.get("parameters", {})) <= set(accepted)
+    assert deployment["work_pool"]["name"] == "rsolv-staging"
+
+
+def test_every_flow_module_has_a_deployment() -> None:
+    """No flow in flows/ is left without a deployment."""
+    named = {d["entrypoint"].split(":")[0] for d in DEPLOYMENTS}
+    modules = {
+        f"flows/{p.name}" for p in (REPO_ROOT / "flows").glob("*.py") if p.name != "__init__.py"
+    }
+    assert modules == named
