@@ -116,10 +116,12 @@ def provision_staging(
         f"{tally['unchanged']} unchanged" + (" (dry run)" if dry_run else ""),
     )
     logger.info(
-        "%s: %d created, %d changed, %d unchanged",
+        "%s: %d %s, %d %s, %d unchanged",
         "dry run" if dry_run else "provisioned",
         tally["created"],
+        "to create" if dry_run else "created",
         tally["changed"],
+        "to change" if dry_run else "changed",
         tally["unchanged"],
     )
     return ProvisionReport(dry_run=dry_run, changes=changes, **tally)
@@ -133,10 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     report = provision_staging(dry_run=args.dry_run, environments_file=args.environments_file)
     for change in report.changes:
         print(f"{change.action:>9}  {change.key}")
-    print(
-        f"{'plan' if report.dry_run else 'result'}: {report.created} to create/created, "
-        f"{report.changed} to change/changed, {report.unchanged} unchanged"
-    )
+    if report.dry_run:
+        print(
+            f"plan (dry run, nothing applied): {report.created} to create, "
+            f"{report.changed} to change, {report.unchanged} unchanged"
+        )
+    else:
+        print(
+            f"applied: {report.created} created, {report.changed} changed, "
+            f"{report.unchanged} unchanged"
+        )
     return 0
 
 

@@ -229,7 +229,7 @@ def _logged_kube_errors(verb: str) -> Iterator[None]:
         raise
 
 
-@task(name="read-objects", cache_policy=NO_CACHE, task_run_name="read-{cluster.kube_context}")
+@task(name="read-objects", cache_policy=NO_CACHE)
 def read_objects(
     objects: Sequence[Manifest], *, cluster: Cluster, settings: Settings
 ) -> dict[str, dict[str, Any] | None]:
