@@ -12,7 +12,9 @@ import pytest
 pytest_plugins = [
     "tests.plugins.http",
     "tests.plugins.kube",
+    "tests.plugins.postgres",
     "tests.plugins.prefect",
+    "tests.plugins.staging",
 ]
 
 

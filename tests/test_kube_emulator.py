@@ -804,3 +804,16 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=10)
     assert process.returncode == 0
     assert "stopped" in output
+
+
+def test_secret_string_data_is_stored_as_base64_data(core: client.CoreV1Api) -> None:
+    """Like the real server, stringData is folded into data and never stored or returned."""
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name="creds"),
+        data={"kept": "a2VwdA=="},
+        string_data={"password": "s3cret"},
+    )
+    core.create_namespaced_secret("default", body)
+    stored = core.read_namespaced_secret("creds", "default")
+    assert stored.data == {"kept": "a2VwdA==", "password": "czNjcmV0"}
+    assert stored.string_data is None

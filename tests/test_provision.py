@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.provisioning import object_key, staging_objects
 from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects
-from tasks.secrets import secret_env_var, source_name
+from tasks.secrets import secret_env_var
 
 TOPOLOGY = default_topology()
 EXPECTED_KEYS = {"Ingress/staging/rsolv"} | {
@@ -30,18 +29,6 @@ EXPECTED_KEYS = {"Ingress/staging/rsolv"} | {
         {TOPOLOGY.staging.secret_name(s): {k: "x" for k in s.data_keys} for s in TOPOLOGY.secrets},
     )
 }
-
-
-@pytest.fixture
-def secret_values(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Fresh random staging credentials in the environment, as an operator would set them."""
-    values = {}
-    for spec in TOPOLOGY.secrets:
-        for key in spec.data_keys:
-            source = source_name(TOPOLOGY.staging.secret_name(spec), key)
-            values[source] = secrets.token_urlsafe(16)
-            monkeypatch.setenv(secret_env_var(source), values[source])
-    return values
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ reaction to it are atomic as seen from other requests.
 
 from __future__ import annotations
 
+import base64
 import copy
 import queue
 import re
@@ -231,6 +232,13 @@ _INITIAL_STATUS: dict[str, Obj] = {
 
 
 def _with_defaults(kind: Kind, obj: Obj) -> Obj:
+    if kind.kind == "Secret" and "stringData" in obj:
+        # The real server folds the write-only stringData into data (base64) and never
+        # stores it; readers (and fingerprint checks) only ever see data.
+        data = obj.setdefault("data", {}) or {}
+        for key, value in (obj.pop("stringData") or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
     defaults = _DEFAULTS.get(kind.kind)
     if defaults is not None:
         spec = obj.setdefault("spec", {})
