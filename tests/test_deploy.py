@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
 from flows.deploy import deploy
 from rsolv_staging.deployments import DeployFailed
@@ -211,3 +216,55 @@ def test_objects_no_longer_rendered_are_pruned(
     assert report.pruned == ["ConfigMap/staging/old-feature-flags"]
     assert staging.get("v1", "ConfigMap", "old-feature-flags", "staging") is None
     assert staging.get("v1", "ConfigMap", "kept", "staging") is not None
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook receiver on 127.0.0.1 recording each JSON body it is sent."""
+    _Hook.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hook.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_notifies_through_a_configured_block_and_is_silent_without_one(
+    staging: KubeEmulator,
+    app_server: Server,
+    tmp_path: Path,
+    webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """With no block nothing is sent; with the rsolv-deployments block the result is posted."""
+    url, received = webhook
+    checks = checks_file(tmp_path, app_server)
+    deploy(images=images(GOOD), smoke_checks_file=checks)
+    assert received == []
+
+    block = CustomWebhookNotificationBlock(
+        name="rsolv-deployments", url=url, json_data={"text": "{{subject}}: {{body}}"}
+    )
+    block.save("rsolv-deployments", overwrite=True)
+    try:
+        deploy(images=images(GOOD), trigger="ci:push:def456", smoke_checks_file=checks)
+    finally:
+        CustomWebhookNotificationBlock.delete("rsolv-deployments")
+    assert len(received) == 1
+    text = received[0]["text"]
+    assert text.startswith("staging: deploy succeeded")
+    assert "ci:push:def456" in text
