@@ -66,6 +66,7 @@ from tasks.kube import (
 )
 from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
+from tasks.prefect_api import verify_approval
 from tasks.reports import publish_table
 
 
@@ -108,11 +109,13 @@ def deploy(
     topology = load_topology(Path(environments_file) if environments_file else None)
     target = topology.environment(environment)
     other = topology.production if environment == "staging" else topology.staging
-    if environment == "production" and not approval_id:
-        raise GuardError(
-            "production is deployed only by the promote-to-production flow, behind an "
-            "approval; nothing was applied"
-        )
+    if environment == "production":
+        if not approval_id:
+            raise GuardError(
+                "production is deployed only by the promote-to-production flow, behind an "
+                "approval; nothing was applied"
+            )
+        verify_approval(approval_id)
     cluster = target.cluster
 
     stubs = {app: _deployment_stub(app, target.namespace) for app in target.apps}

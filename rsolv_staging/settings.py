@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     kube_max_retry_after_seconds: float = Field(
         default=60.0, ge=0, description="Cap on a server's Retry-After we are willing to honour"
     )
+    approval_poll_seconds: int = Field(
+        default=10, ge=1, description="How often a paused promotion checks for a decision"
+    )
     kube_request_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Timeout of one Kubernetes API request"
     )

@@ -1,0 +1,105 @@
+"""Tasks that read from or write to the Prefect API itself: variables, runs, audit records."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events import emit_event
+from prefect.variables import Variable
+
+from rsolv_staging.exceptions import ConfigurationError, GuardError
+from rsolv_staging.promotion import AuditRecord
+
+AUDIT_KEY = "promotion-audit"
+APPROVERS_VARIABLE = "promotion_approvers"
+
+
+@task(name="read-approvers", cache_policy=NO_CACHE)
+def read_approvers() -> list[str]:
+    """The approver allowlist: Prefect Variable ``promotion_approvers`` (a JSON list or a
+    comma-separated string), else ``$RSOLV_PROMOTION_APPROVERS`` (comma-separated).
+
+    Kept outside the flow's parameters on purpose: whoever starts a promotion must not be
+    able to choose who approves it.
+    """
+    value: Any = Variable.get(APPROVERS_VARIABLE, default=None)
+    if value is None:
+        value = os.environ.get("RSOLV_PROMOTION_APPROVERS", "")
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list):
+        raise ConfigurationError(f"Variable {APPROVERS_VARIABLE!r} must be a list of names")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+@task(name="read-last-smoke-run", cache_policy=NO_CACHE, task_run_name="last-smoke-{environment}")
+def read_last_smoke_run(environment: str) -> tuple[bool, str]:
+    """Whether the newest finished smoke-test run for ``environment`` passed, and a summary.
+
+    Looks at the smoke-test flow's runs (alone or as a deploy's subflow) through the API.
+    """
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["smoke-test"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=50,
+        )
+    for run in runs:
+        if run.parameters.get("environment", "staging") != environment:
+            continue
+        if run.state is None or not run.state.is_final():
+            continue
+        when = run.end_time.isoformat(timespec="seconds") if run.end_time else "?"
+        verdict = "passed" if run.state.is_completed() else str(run.state.name).lower()
+        return run.state.is_completed(), f"last run {run.name} {verdict} at {when}"
+    return False, f"no finished smoke-test run for {environment} yet"
+
+
+@task(name="verify-approval", cache_policy=NO_CACHE)
+def verify_approval(approval_id: str) -> None:
+    """Check that ``approval_id`` is a running promote-to-production flow run.
+
+    The deploy flow writes production only for such a run (its parent), so a caller of
+    the deploy flow cannot skip the approval gate by inventing an id.
+
+    Raises:
+        GuardError: the id is not a running promotion.
+    """
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(approval_id))
+        except Exception as exc:  # any failure here means "not verified"
+            raise GuardError(f"approval {approval_id!r} is not a known flow run") from exc
+        flow = client.read_flow(run.flow_id)
+    if flow.name != "promote-to-production" or run.state is None or not run.state.is_running():
+        raise GuardError(
+            f"approval {approval_id!r} is not a running promote-to-production run; "
+            "production is deployed only through an approved promotion"
+        )
+
+
+@task(name="record-audit", cache_policy=NO_CACHE)
+def record_audit(record: AuditRecord) -> UUID:
+    """Keep a promotion decision: a table artifact version under ``promotion-audit`` (the
+    UI shows the history; ``rsolv-staging audit`` lists it) and a Prefect event."""
+    emit_event(
+        event=f"rsolv.promotion.{record.decision.replace(' ', '-')}",
+        resource={"prefect.resource.id": f"rsolv.promotion.{record.flow_run}"},
+        payload=record.model_dump(mode="json", exclude={"diff"}),
+    )
+    return cast(
+        UUID,
+        create_table_artifact(
+            key=AUDIT_KEY,
+            table=[record.row()],
+            description=f"{record.decision} by {record.approver or '-'}: {record.outcome}",
+        ),
+    )
