@@ -29,6 +29,8 @@ import httpx
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_CANCELLED = range(6)
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RETRIES = 4
+BACKOFF_SECONDS = 0.5
 
 
 class CliError(Exception):
@@ -58,12 +60,24 @@ class PrefectAPI:
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise CliError(
-                f"cannot reach the Prefect API at {self.base_url}: {exc}", EXIT_FAILED
-            ) from exc
+        """One API call; connection errors, 429 and 5xx are retried with backoff.
+
+        A 5xx means the server did not apply the request (e.g. its database was busy), so
+        repeating it, a resume included, is safe.
+        """
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == RETRIES:
+                    message = f"cannot reach the Prefect API at {self.base_url}: {exc}"
+                    raise CliError(message, EXIT_FAILED) from exc
+            else:
+                if response.status_code != 429 and response.status_code < 500:
+                    break
+                if attempt == RETRIES:
+                    break
+            time.sleep(BACKOFF_SECONDS * 2**attempt)
         if response.status_code == 404:
             raise CliError(f"not found: {method} {path}")
         if response.status_code >= 400:

@@ -1,0 +1,311 @@
+"""Promotion behind a human approval: real Prefect API, Kubernetes API emulator, real HTTP.
+
+Each test runs the flow in the test's thread while a concurrent resumer waits for the
+Paused state and answers through the project's REST client, as a person or CI would.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_URL
+
+from flows.deploy import deploy
+from flows.promote import ApprovalTimedOut, promote_to_production
+from rsolv_staging.cli import PrefectAPI
+from rsolv_staging.deployments import DeployFailed
+from rsolv_staging.environments import default_topology
+from rsolv_staging.exceptions import GuardError
+from rsolv_staging.images import parse_image
+from rsolv_staging.kube_emulator import KubeEmulator
+from rsolv_staging.settings import Settings
+from tasks.kube import apply_objects
+from tasks.manifests import render_overlay
+from tests.plugins.http import Server
+from tests.test_provision import latest_artifact
+
+API = "ghcr.io/rsolv-dev/rsolv-api"
+LANDING = "ghcr.io/rsolv-dev/rsolv-landing"
+OLD = "sha256:" + "0" * 64
+NEW = "sha256:" + "1" * 64
+
+
+def images(digest: str) -> dict[str, str]:
+    return {"rsolv-api": f"{API}@{digest}", "rsolv-landing": f"{LANDING}@{digest}"}
+
+
+def running(kube: KubeEmulator, namespace: str) -> dict[str, str]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for d in kube.list("Deployment", namespace)
+    }
+
+
+def checks(tmp_path: Path, server: Server, environment: str, path: str = "/api/health") -> str:
+    file = tmp_path / f"{environment}-checks.yaml"
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "environment": environment,
+                "checks": [{"name": "api", "url": f"{server.url}{path}", "status": 200}],
+            }
+        )
+    )
+    return str(file)
+
+
+@pytest.fixture
+def promotable(
+    kube: KubeEmulator,
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    prefect_api: None,
+    app_server: Server,
+    tmp_path: Path,
+) -> KubeEmulator:
+    """Staging runs NEW (deployed and smoke-tested for real); production runs OLD."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("RSOLV_KUBE_RETRY_DELAY_SECONDS", "0.05")
+    monkeypatch.setenv("RSOLV_APPROVAL_POLL_SECONDS", "1")
+    monkeypatch.setenv("RSOLV_PROMOTION_APPROVERS", "alice,bob,carol")
+    for ns in ("staging", "production"):
+        kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    deploy(images=images(NEW), smoke_checks_file=checks(tmp_path, app_server, "staging"))
+    production = render_overlay.fn(
+        "production", images={a: parse_image(r) for a, r in images(OLD).items()}
+    )
+    apply_objects.fn(production, cluster=default_topology().production.cluster, settings=Settings())
+    return kube
+
+
+def paused_promotion(after: datetime, timeout: float = 60) -> str:
+    """Wait for a promote-to-production run started after ``after`` to pause; its id."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["promote-to-production"])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                ),
+            )
+            fresh = [r for r in runs if r.created and r.created >= after]
+            if fresh:
+                return str(fresh[0].id)
+            time.sleep(0.3)
+    raise AssertionError("the promotion never paused")
+
+
+@pytest.fixture
+def resumer() -> Iterator[Callable[[Callable[[PrefectAPI, str], None]], None]]:
+    """Run ``answer(api, run_id)`` in a thread once a new promotion is paused."""
+    threads: list[threading.Thread] = []
+    errors: list[BaseException] = []
+
+    def start(answer: Callable[[PrefectAPI, str], None]) -> None:
+        after = datetime.now(UTC) - timedelta(seconds=1)
+        api = PrefectAPI(PREFECT_API_URL.value())
+
+        def run() -> None:
+            try:
+                answer(api, paused_promotion(after))
+            except BaseException as exc:  # surfaced in the test's thread below
+                errors.append(exc)
+            finally:
+                api.close()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    yield start
+    for thread in threads:
+        thread.join(timeout=30)
+    if errors:
+        raise errors[0]
+
+
+def decide(
+    decision: str, approver: str, reason: str = "looks good"
+) -> Callable[[PrefectAPI, str], None]:
+    def answer(api: PrefectAPI, run_id: str) -> None:
+        result = api.resume(run_id, {"decision": decision, "approver": approver, "reason": reason})
+        assert result["status"] == "ACCEPT", result
+
+    return answer
+
+
+def audit_rows() -> list[dict[str, str]]:
+    data = latest_artifact("promotion-audit")
+    return list(json.loads(data)) if isinstance(data, str) else list(data)
+
+
+def promote(tmp_path: Path, server: Server, **kwargs: Any) -> Any:
+    freeze = tmp_path / "freeze.yaml"
+    if not freeze.exists():
+        freeze.write_text("windows: []\n")
+    return promote_to_production(
+        requester="carol",
+        change_ref="PR-42",
+        freeze_windows_file=str(freeze),
+        smoke_checks_file=checks(tmp_path, server, "production"),
+        rollout_deadline_seconds=3,
+        # A broken resumer must fail the test, not hang it for the default 24 h.
+        **{"approval_timeout_seconds": 60, **kwargs},
+    )
+
+
+def test_approve_deploys_stagings_digest_and_audits_who_and_why(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """Approved: production runs exactly staging's digests; the audit names approver and reason."""
+    resumer(decide("approve", "alice", "smoke tests green, CAB ok"))
+    report = promote(tmp_path, app_server)
+    assert running(promotable, "production") == running(promotable, "staging") == images(NEW)
+    assert report.record.approver == "alice"
+    (row,) = audit_rows()
+    assert row["decision"] == "approved"
+    assert row["approver"] == "alice"
+    assert row["reason"] == "smoke tests green, CAB ok"
+    assert row["requester"] == "carol"
+    assert NEW in row["images"]
+    assert row["outcome"] == "deployed to production"
+    assert "Deployment/production/rsolv-api" in row["diff"]
+
+
+def test_reject_leaves_production_untouched(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """Rejected: production keeps OLD and the run ends in the state named Rejected."""
+    resumer(decide("reject", "bob", "not before the release notes"))
+    state = promote(tmp_path, app_server, return_state=True)
+    assert state.name == "Rejected"
+    assert running(promotable, "production") == images(OLD)
+    (row,) = audit_rows()
+    assert (row["decision"], row["approver"]) == ("rejected", "bob")
+
+
+def test_timeout_fails_safe(promotable: KubeEmulator, app_server: Server, tmp_path: Path) -> None:
+    """Nobody answers: the run fails after the timeout and production is untouched."""
+    with pytest.raises(ApprovalTimedOut, match="production untouched"):
+        promote(tmp_path, app_server, approval_timeout_seconds=2)
+    assert running(promotable, "production") == images(OLD)
+    (row,) = audit_rows()
+    assert row["decision"] == "timed out"
+
+
+@pytest.mark.parametrize(
+    ("bad_input", "why"),
+    [
+        ({}, "empty"),
+        ({"decision": "maybe", "approver": "alice", "reason": "hmm"}, "malformed decision"),
+        ({"decision": "approve", "approver": "mallory", "reason": "I say so"}, "not allowlisted"),
+        ({"decision": "approve", "approver": "carol", "reason": "my own"}, "requester"),
+    ],
+)
+def test_refused_input_keeps_the_run_waiting(
+    promotable: KubeEmulator,
+    resumer: Any,
+    app_server: Server,
+    tmp_path: Path,
+    bad_input: dict[str, str],
+    why: str,
+) -> None:
+    """Empty, malformed, non-allowlisted or self approvals are refused; the run still waits."""
+    seen: dict[str, Any] = {}
+
+    def answer(api: PrefectAPI, run_id: str) -> None:
+        seen["answer"] = api.resume(run_id, bad_input)
+        time.sleep(1.5)
+        seen["state"] = api.read_run(run_id)["state"]["type"]
+        decide("reject", "bob", "ending the test")(api, run_id)
+
+    resumer(answer)
+    state = promote(tmp_path, app_server, return_state=True)
+    assert seen["answer"]["status"] == "REJECT", why
+    assert seen["state"] == "PAUSED", why
+    assert state.name == "Rejected"
+    assert running(promotable, "production") == images(OLD)
+
+
+def test_freeze_window_refuses_and_an_override_is_recorded(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """Inside a freeze window the promotion is refused; with an override it goes ahead."""
+    now = datetime.now(UTC)
+    (tmp_path / "freeze.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "windows": [
+                    {
+                        "name": "launch-week",
+                        "start": (now - timedelta(hours=1)).replace(tzinfo=None).isoformat(),
+                        "end": (now + timedelta(hours=1)).replace(tzinfo=None).isoformat(),
+                        "timezone": "UTC",
+                    }
+                ]
+            }
+        )
+    )
+    with pytest.raises(GuardError, match=r"'launch-week'.*in force until"):
+        promote(tmp_path, app_server)
+    assert running(promotable, "production") == images(OLD)
+
+    resumer(decide("approve", "alice", "hotfix for outage"))
+    promote(tmp_path, app_server, freeze_override_reason="INC-7 hotfix")
+    assert running(promotable, "production") == images(NEW)
+    (row,) = audit_rows()
+    assert row["freeze_override"] == "launch-week: INC-7 hotfix"
+
+
+def test_failed_production_rollout_is_rolled_back(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """Approved, but production never becomes ready: it is rolled back to OLD, and audited."""
+    promotable.set_workload_behaviour("never-ready", namespace="production", image=f"{API}@{NEW}")
+    resumer(decide("approve", "alice"))
+    with pytest.raises(DeployFailed, match="rolled back"):
+        promote(tmp_path, app_server)
+    assert running(promotable, "production") == images(OLD)
+    (row,) = audit_rows()
+    assert row["outcome"].startswith("deploy failed")
+
+
+def test_only_stagings_digest_can_be_promoted(
+    promotable: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """Asking for a digest staging does not run is refused before anyone is asked."""
+    from flows.promote import PromotionRefused
+
+    with pytest.raises(PromotionRefused, match="only what staging runs"):
+        promote(tmp_path, app_server, images=images(OLD))
+
+
+def test_deploy_to_production_needs_a_running_promotion(promotable: KubeEmulator) -> None:
+    """The deploy flow refuses production with an approval id that is not a running promotion."""
+    promotable.clear_log()
+    with pytest.raises(GuardError, match=r"not a known flow run|not a running promote"):
+        deploy(
+            images=images(NEW),
+            environment="production",
+            approval_id="00000000-0000-0000-0000-000000000000",
+            run_smoke_tests=False,
+        )
+    assert promotable.writes() == []
