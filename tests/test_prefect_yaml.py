@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from prefect import Flow
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
 
 from rsolv_staging.settings import REPO_ROOT
 
@@ -37,3 +42,31 @@ def test_every_flow_module_has_a_deployment() -> None:
         f"flows/{p.name}" for p in (REPO_ROOT / "flows").glob("*.py") if p.name != "__init__.py"
     }
     assert modules == named
+
+
+def test_prefect_deploy_all_registers_every_deployment(prefect_api: None) -> None:
+    """`prefect deploy --all` against a real server registers each declared deployment."""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    subprocess.run(
+        [prefect, "work-pool", "create", "rsolv-staging", "--type", "process", "--overwrite"],
+        env=env,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with get_client(sync_client=True) as client:
+        names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+    declared = {d["name"] for d in DEPLOYMENTS}
+    assert declared <= {n.split("/", 1)[1] for n in names}
