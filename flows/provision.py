@@ -12,7 +12,12 @@ What it applies (server-side, one field manager, built from the environment mode
 - staging-only secrets (``staging-`` prefix), checked against production's by
   fingerprint so no credential is shared;
 - staging PostgreSQL (StatefulSet, Service, PVC), and the Ingress for rsolv-staging.com
-  as the staging overlay of ``deployments/`` renders it (one definition, not two).
+  as the staging overlay of ``deployments/`` renders it (one definition, not two);
+- the monitoring stack in ``staging-monitoring`` (Prometheus scraping ``staging`` only,
+  3-day retention, SLO alerts at 99%, Alertmanager with no paging receiver, Grafana on
+  grafana.rsolv-staging.com with production's dashboards), as
+  ``deployments/monitoring/overlays/staging`` renders it, refused before any write if it
+  disagrees with the environment model.
 
 Parameters:
     dry_run: render and diff against the live cluster (server-side dry run), apply nothing.
@@ -39,6 +44,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from rsolv_staging.guards import ensure_confined
+from rsolv_staging.monitoring import ensure_matches_model
 from rsolv_staging.provisioning import staging_objects
 from rsolv_staging.reports import change_report, counts
 from rsolv_staging.settings import load_settings, load_topology
@@ -51,11 +57,12 @@ from tasks.kube import (
     retrying,
     summarize,
 )
-from tasks.manifests import render_overlay
+from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.reports import publish_markdown
 from tasks.secrets import ensure_not_production_values, load_staging_secrets
 
 ARTIFACT_KEY = "provision-staging"
+MONITORING = DEPLOYMENTS / "monitoring"
 
 
 class ProvisionReport(BaseModel):
@@ -93,7 +100,13 @@ def provision_staging(
         for name, keys in secrets.items()
     }
     routes = [o for o in render_overlay(staging.name) if o["kind"] == "Ingress"]
-    objects = [*staging_objects(topology, plain), *routes]
+    monitoring = render_overlay.with_options(task_run_name="render-monitoring-{environment}")(
+        staging.name, root=MONITORING
+    )
+    ensure_matches_model(
+        monitoring, topology, staging, source=f"deployments/monitoring/overlays/{staging.name}"
+    )
+    objects = [*staging_objects(topology, plain), *routes, *monitoring]
     ensure_confined(objects, staging, production)
 
     live = retrying(read_objects, settings)(objects, cluster=staging.cluster, settings=settings)

@@ -22,6 +22,11 @@ Manifest = dict[str, Any]
 SecretValues = Mapping[str, Mapping[str, str]]
 """Secret name (e.g. ``staging-database``) -> key -> plain value."""
 
+# Pod labels of the monitoring stack (deployments/monitoring/base) that NetworkPolicies
+# select; rsolv_staging.monitoring checks the rendered stack carries them.
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+GRAFANA_POD_LABELS = {"app.kubernetes.io/name": "grafana"}
+
 
 def labels(env: Environment, **extra: str) -> dict[str, str]:
     return {ENV_LABEL: env.name, "app.kubernetes.io/managed-by": MANAGED_BY, **extra}
@@ -46,6 +51,11 @@ def secret_namespace(env: Environment, spec: SecretSpec) -> str:
     return env.monitoring.namespace if spec.name == "monitoring" else env.namespace
 
 
+def prometheus_service_account(env: Environment) -> str:
+    """The scrape-only identity of ``env``'s Prometheus (in its monitoring namespace)."""
+    return f"{env.name}-prometheus"
+
+
 def namespaces(env: Environment) -> list[Manifest]:
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(env, ns, None)}
@@ -57,7 +67,7 @@ def service_accounts(env: Environment) -> list[Manifest]:
     """One deployer identity confined to the app namespace, one for Prometheus' scraping."""
     ns, mon = env.namespace, env.monitoring.namespace
     deployer = f"{env.name}-deployer"
-    prometheus = f"{env.name}-prometheus"
+    prometheus = prometheus_service_account(env)
     rbac = "rbac.authorization.k8s.io/v1"
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(env, deployer, ns)},
@@ -187,8 +197,24 @@ def _internet_egress(env: Environment) -> dict[str, Any]:
     return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(env.cluster.internal_cidrs)}}]}
 
 
+def _kube_api_egress(env: Environment) -> dict[str, Any]:
+    # Kubernetes service discovery talks to the API server. Policies see the address after
+    # the Service's DNAT, i.e. a node's address (k3s: :6443), outside the pod and service
+    # ranges; cutting those ranges out keeps every pod, production's included, unreachable.
+    return {
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(env.cluster.internal_cidrs)}}],
+        "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+    }
+
+
 def network_policies(topology: Topology) -> list[Manifest]:
-    """No traffic across namespaces, except the ingress controller and staging's scraper."""
+    """No traffic across namespaces, except the ingress controller and staging's scraper.
+
+    Into ``staging``: its own pods, the ingress controller (apps only) and staging's
+    Prometheus (to scrape). Into ``staging-monitoring``: its own pods, and the ingress
+    controller to Grafana. Out of ``staging-monitoring``: itself, DNS, ``staging``, and
+    for Prometheus alone the API server (service discovery); never production.
+    """
     env = topology.staging
     ns, mon = env.namespace, env.monitoring.namespace
     ingress_ns = env.cluster.ingress_namespace
@@ -227,7 +253,18 @@ def network_policies(topology: Topology) -> list[Manifest]:
             "spec": {
                 "podSelector": {},
                 "policyTypes": ["Ingress"],
-                "ingress": [{"from": [_from_namespace(mon)]}],
+                # Prometheus only (namespace AND pod selector in one peer), not all of
+                # staging-monitoring: Grafana and Alertmanager have no business in staging.
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                **_from_namespace(mon),
+                                "podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)},
+                            }
+                        ]
+                    }
+                ],
             },
         },
         {
@@ -237,13 +274,35 @@ def network_policies(topology: Topology) -> list[Manifest]:
             "spec": {
                 "podSelector": {},
                 "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": [same_namespace]}, {"from": [_from_namespace(ingress_ns)]}],
+                "ingress": [{"from": [same_namespace]}],
                 # Monitoring may reach itself, DNS, and staging's pods (to scrape): nothing else.
                 "egress": [
                     {"to": [same_namespace]},
                     {"to": [_from_namespace(ns)]},
                     _dns_egress(topology),
                 ],
+            },
+        },
+        {
+            # Grafana is the one thing served through the ingress controller
+            # (grafana.rsolv-staging.com); Prometheus and Alertmanager are not exposed.
+            "apiVersion": np,
+            "kind": "NetworkPolicy",
+            "metadata": _meta(env, "allow-ingress-controller", mon),
+            "spec": {
+                "podSelector": {"matchLabels": dict(GRAFANA_POD_LABELS)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [_from_namespace(ingress_ns)]}],
+            },
+        },
+        {
+            "apiVersion": np,
+            "kind": "NetworkPolicy",
+            "metadata": _meta(env, "allow-prometheus-kube-api", mon),
+            "spec": {
+                "podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)},
+                "policyTypes": ["Egress"],
+                "egress": [_kube_api_egress(env)],
             },
         },
     ]
@@ -355,9 +414,10 @@ def database(topology: Topology) -> list[Manifest]:
 def staging_objects(topology: Topology, secret_values: SecretValues) -> list[Manifest]:
     """Every object of provisioned staging, in an order the API server accepts.
 
-    The Ingress for the staging domains is not built here: it is defined once, in the
-    kustomize tree (``deployments/``), and the provision flow applies the staging
-    overlay's rendering of it.
+    The Ingress for the staging domains and the monitoring stack are not built here: they
+    are defined once, in the kustomize tree (``deployments/`` and
+    ``deployments/monitoring/``), and the provision flow applies the staging overlays'
+    renderings of them.
     """
     return [
         *namespaces(topology.staging),

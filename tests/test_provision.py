@@ -19,16 +19,28 @@ from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.provisioning import object_key, staging_objects
 from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects
+from tasks.manifests import DEPLOYMENTS, render
 from tasks.secrets import secret_env_var
 
 TOPOLOGY = default_topology()
-EXPECTED_KEYS = {"Ingress/staging/rsolv"} | {
-    object_key(obj)
-    for obj in staging_objects(
-        TOPOLOGY,
-        {TOPOLOGY.staging.secret_name(s): {k: "x" for k in s.data_keys} for s in TOPOLOGY.secrets},
-    )
+# The staging monitoring stack (deployments/monitoring), as the provision flow applies it.
+MONITORING_KEYS = {
+    object_key(obj) for obj in render(DEPLOYMENTS / "monitoring" / "overlays" / "staging")
 }
+EXPECTED_KEYS = (
+    {"Ingress/staging/rsolv"}
+    | MONITORING_KEYS
+    | {
+        object_key(obj)
+        for obj in staging_objects(
+            TOPOLOGY,
+            {
+                TOPOLOGY.staging.secret_name(s): {k: "x" for k in s.data_keys}
+                for s in TOPOLOGY.secrets
+            },
+        )
+    }
+)
 
 
 @pytest.fixture
@@ -54,8 +66,10 @@ def _state(kube: KubeEmulator) -> dict[str, Any]:
         "LimitRange",
         "NetworkPolicy",
         "Secret",
+        "ConfigMap",
         "PersistentVolumeClaim",
         "Service",
+        "Deployment",
         "StatefulSet",
         "Ingress",
     ):
