@@ -26,10 +26,13 @@ import emits a ``RuntimeDirWarning`` that this suite (warnings are errors) would
 override with ``RSOLV_TEST_PG_USER``) through ``subprocess``'s ``user=``/``group=``; the
 temporary directory is made traversable and the data directory owned by that user.
 
-Measured here (2 cores): ``initdb`` 0.5 s, server start 0.15-0.2 s. ``initdb`` runs
-once per session into a template that each server copies (0.1 s), so the two servers
-cost about 1 s together. Durability is off (``fsync``, ``full_page_writes``,
-``synchronous_commit``): the data is thrown away anyway.
+Measured here (2 shared cores, as root, servers running as ``nobody``): ``initdb``
+0.5-1.3 s; each server then 0.5-1 s (copy of the template cluster, start, first
+connection). ``initdb`` runs once per session, so both servers cost 2-3 s together.
+Debian's PostgreSQL 15 (``RSOLV_TEST_PG_BINDIR=/usr/lib/postgresql/15/bin``) measures
+the same; it is not the default because a fresh machine does not have it. Durability
+is off (``fsync``, ``full_page_writes``, ``synchronous_commit``): the data is thrown
+away anyway.
 
 The classes need no pytest, so ``benchmarks/`` starts its server with them too.
 """
@@ -135,7 +138,7 @@ class PostgresDatabase:
 
     @property
     def dsn(self) -> str:
-        return self.server.dsn(self.name)
+        return self.server.dsn_for(self.name)
 
 
 @dataclass
@@ -152,7 +155,12 @@ class PostgresServer:
     process: subprocess.Popen[bytes] = field(repr=False)
     _counter: int = field(default=0, repr=False)
 
-    def dsn(self, dbname: str = "postgres") -> str:
+    @property
+    def dsn(self) -> str:
+        """The DSN of the server's ``postgres`` database (the maintenance database)."""
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, dbname: str) -> str:
         """A URI DSN for ``dbname``, password included (it is a test password)."""
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
 
@@ -160,13 +168,13 @@ class PostgresServer:
         """Create a new, empty database with a unique name."""
         self._counter += 1
         name = f"{prefix}_{os.getpid()}_{self._counter}_{secrets.token_hex(3)}"
-        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return PostgresDatabase(self, name)
 
     def drop_database(self, database: PostgresDatabase | str) -> None:
         name = database.name if isinstance(database, PostgresDatabase) else database
-        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     @property
@@ -319,7 +327,7 @@ class PostgresFactory:
             if not server.running:
                 raise RuntimeError(f"server exited with {server.process.returncode}")
             try:
-                with psycopg.connect(server.dsn(), connect_timeout=2) as conn:
+                with psycopg.connect(server.dsn, connect_timeout=2) as conn:
                     row = conn.execute("SHOW server_version").fetchone()
                     return str(row[0]) if row else ""
             except psycopg.OperationalError as exc:
