@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
-from prefect.client.schemas.objects import State
 from prefect.states import Completed
 from pydantic import BaseModel
 
