@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.context import get_run_context
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 
@@ -115,7 +116,9 @@ def deploy(
                 "production is deployed only by the promote-to-production flow, behind an "
                 "approval; nothing was applied"
             )
-        verify_approval(approval_id)
+        current = get_run_context().flow_run  # type: ignore[union-attr]
+        parent = current.parent_task_run_id if current else None
+        verify_approval(approval_id, parent_task_run_id=str(parent) if parent else None)
     cluster = target.cluster
 
     stubs = {app: _deployment_stub(app, target.namespace) for app in target.apps}
@@ -130,29 +133,34 @@ def deploy(
     ensure_confined(objects, target, other)
 
     before = retrying(read_objects, settings)(objects, cluster=cluster, settings=settings)
-    applied = retrying(apply_objects, settings)(objects, cluster=cluster, settings=settings)
-    changes = summarize(objects, before, applied)
-
-    rollouts = [
-        wait_for_rollout.submit(
-            app,
-            namespace=target.namespace,
-            deadline_seconds=rollout_deadline_seconds,
-            cluster=cluster,
-            settings=settings,
-        )
-        for app in target.apps
-    ]
-    failed = [r for r in (f.result() for f in rollouts) if not r.ready]
-    reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
-
-    if not failed and run_smoke_tests:
-        try:
-            # smoke_test is an async flow: called from this sync flow it returns a coroutine
-            # that would never run unless driven to completion here.
-            run_coro_as_sync(smoke_test(environment=environment, checks_file=smoke_checks_file))
-        except SmokeTestFailed as exc:
-            reason = f"smoke tests failed after the rollout: {exc}"
+    changes: list[ObjectChange] = []
+    try:
+        applied = retrying(apply_objects, settings)(objects, cluster=cluster, settings=settings)
+        changes = summarize(objects, before, applied)
+        rollouts = [
+            wait_for_rollout.submit(
+                app,
+                namespace=target.namespace,
+                deadline_seconds=rollout_deadline_seconds,
+                cluster=cluster,
+                settings=settings,
+            )
+            for app in target.apps
+        ]
+        failed = [r for r in (f.result() for f in rollouts) if not r.ready]
+        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+        if not failed and run_smoke_tests:
+            try:
+                # smoke_test is an async flow: called from this sync flow it returns a
+                # coroutine that would never run unless driven to completion here.
+                run_coro_as_sync(smoke_test(environment=environment, checks_file=smoke_checks_file))
+            except SmokeTestFailed as exc:
+                reason = f"smoke tests failed after the rollout: {exc}"
+    except Exception as exc:
+        # Anything else (an apply failing on object N, a crashed watch or smoke run):
+        # we cannot know what was written, so every object goes back to its snapshot.
+        reason = f"{type(exc).__name__}: {exc}"
+        changes = [ObjectChange(key=object_key(o), action="change") for o in objects]
 
     rollback: list[str] = []
     pruned: list[str] = []
@@ -160,7 +168,7 @@ def deploy(
         logger.error("deploy to %s failed, rolling back: %s", environment, reason)
         touched = [c.key for c in changes if c.action != "unchanged"]
         by_key = {object_key(o): o for o in objects}
-        rollback = restore_objects(
+        rollback = retrying(restore_objects, settings)(
             before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
         )
         restored = [

@@ -2,8 +2,9 @@
 
 RFC 002's "promote-to-prod" job (approval gate, deploy to production, health checks):
 
-1. refuse inside a freeze window (``data/freeze-windows.yaml``) unless an override
-   reason is given, which is recorded;
+1. refuse inside a freeze window (``data/freeze-windows.yaml``, or the operator's
+   ``RSOLV_FREEZE_WINDOWS_FILE``) unless an override reason is given, which is
+   recorded; checked again after the decision, in case a freeze began meanwhile;
 2. check that staging runs exactly the digests being promoted, rolled out and ready,
    and that staging's last smoke-test run passed;
 3. render the production overlay with the same digests (never rebuilt, never
@@ -70,7 +71,7 @@ from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
 from tasks.prefect_api import read_approvers, read_last_smoke_run, record_audit
 
-DEFAULT_FREEZE_WINDOWS = REPO_ROOT / "data" / "freeze-windows.yaml"
+DEFAULT_FREEZE_WINDOWS = REPO_ROOT / "data" / "freeze-windows.yaml"  # or RSOLV_FREEZE_WINDOWS_FILE
 
 
 class PromotionRefused(StagingError):
@@ -93,7 +94,6 @@ def promote_to_production(
     images: dict[str, str] | None = None,
     approval_timeout_seconds: int = 86_400,
     freeze_override_reason: str | None = None,
-    freeze_windows_file: str | None = None,
     rollout_deadline_seconds: float = 300.0,
     smoke_checks_file: str | None = None,
     environments_file: str | None = None,
@@ -112,9 +112,8 @@ def promote_to_production(
     staging, production = topology.staging, topology.production
 
     # 1. Freeze windows and who may decide: refused before anything is read or asked.
-    windows = load_freeze_windows(
-        Path(freeze_windows_file) if freeze_windows_file else DEFAULT_FREEZE_WINDOWS
-    )
+    # The calendar is the operator's (a setting), never the requester's (a parameter).
+    windows = load_freeze_windows(settings.freeze_windows_file or DEFAULT_FREEZE_WINDOWS)
     freeze = check_freeze(windows, requested_at, override_reason=freeze_override_reason)
     approvers = eligible_approvers(read_approvers(), requester)
 
@@ -160,6 +159,15 @@ def promote_to_production(
         dry_run=True,
         context=production.cluster.kube_context or "current context",
     )
+    overrides = {
+        k: v
+        for k, v in {
+            "smoke_checks_file": smoke_checks_file,
+            "environments_file": environments_file,
+            "manifests_dir": manifests_dir,
+        }.items()
+        if v
+    }
     record = AuditRecord(
         flow_run=run_id,
         requested_at=requested_at,
@@ -168,6 +176,7 @@ def promote_to_production(
         images={a: str(r) for a, r in refs.items()},
         decision="timed out",
         freeze_override=f"{freeze.name}: {freeze_override_reason}" if freeze else None,
+        parameters=overrides,
         diff=diff,
     )
 
@@ -182,6 +191,7 @@ def promote_to_production(
             smoke_summary=smoke_summary,
             freeze=freeze,
             freeze_override=freeze_override_reason,
+            overrides=overrides,
         ),
     )
     notify(
@@ -225,7 +235,16 @@ def promote_to_production(
             data=PromotionReport(record=record),
         )
 
-    # 6. Approved: deploy the same digests to production.
+    # 6. Approved: deploy the same digests to production, unless a freeze began while
+    #    the gate was open.
+    try:
+        late = check_freeze(windows, datetime.now(UTC), override_reason=freeze_override_reason)
+    except GuardError as exc:
+        record.decision, record.outcome = "refused", f"production untouched: {exc}"
+        record_audit(record)
+        raise
+    if late is not None and freeze is None:
+        record.freeze_override = f"{late.name}: {freeze_override_reason}"
     record.decision = "approved"
     try:
         report = deploy(

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,9 +98,12 @@ class PrefectAPI:
         self, deployment_id: str, parameters: Mapping[str, Any], *, idempotency_key: str | None
     ) -> dict[str, Any]:
         """Create a flow run of a deployment; the same idempotency key gives the same run."""
-        body: dict[str, Any] = {"parameters": dict(parameters)}
-        if idempotency_key:
-            body["idempotency_key"] = idempotency_key
+        # Always a key: this POST is retried on transport errors and 5xx, and a retry of a
+        # request that did reach the server must not start a second deploy.
+        body: dict[str, Any] = {
+            "parameters": dict(parameters),
+            "idempotency_key": idempotency_key or f"rsolv-staging-cli-{uuid.uuid4()}",
+        }
         run: dict[str, Any] = self._request(
             "POST", f"/deployments/{deployment_id}/create_flow_run", json=body
         )

@@ -6,12 +6,16 @@ the refusal tells the operator exactly what to fix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rsolv_staging.environments import Environment
 from rsolv_staging.exceptions import GuardError
 from rsolv_staging.provisioning import object_key
+
+# Host names inside any string (URLs, DSNs, plain values).
+_HOST = re.compile(r"(?<![\w.-])(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z][a-z0-9-]*\.?", re.I)
 
 # Keys under which a manifest names a Secret it reads.
 _SECRET_REF_PARENTS = ("secretKeyRef", "secretRef", "secret")
@@ -52,11 +56,31 @@ def violations(obj: Mapping[str, Any], target: Environment, other: Environment) 
             parent in _SECRET_REF_PARENTS or leaf in ("secretName", "claimName")
         ) and value.startswith(other.secret_prefix):
             found.append(f"references {other.name} secret {value!r} at {'.'.join(path)}")
+        where = ".".join(path)
         if leaf in ("host", "hosts") and (
             value == other.domain or value.endswith("." + other.domain)
         ):
-            found.append(f"routes {other.name} domain {value!r} at {'.'.join(path)}")
+            found.append(f"routes {other.name} domain {value!r} at {where}")
+        elif leaf != "namespace" and (hit := _points_at(value, other)):
+            # Any other value (ConfigMap data, env values, URLs, DSNs) naming the other
+            # environment's domain, database or in-cluster services. Only the host is
+            # quoted: the value may be a DSN with a password in it.
+            found.append(f"points at {other.name} host {hit!r} at {where}")
     return found
+
+
+def _points_at(value: str, other: Environment) -> str | None:
+    """The other environment's host named in ``value``, if any."""
+    for match in _HOST.finditer(value):
+        host = match.group(0).lower().rstrip(".")
+        if (
+            host == other.database.host.lower()
+            or host == other.domain
+            or host.endswith("." + other.domain)
+            or any(f".{ns}.svc" in host or host.endswith(f".{ns}") for ns in other.namespaces)
+        ):
+            return host
+    return None
 
 
 def ensure_confined(

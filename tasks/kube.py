@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.dynamic import DynamicClient
@@ -64,24 +65,26 @@ def connect(cluster: Cluster, settings: Settings) -> DynamicClient:
     """
     kubeconfig = settings.kubeconfig or os.environ.get("KUBECONFIG")
     default_file = Path("~/.kube/config").expanduser()
+    configuration = k8s.Configuration()
     try:
         if kubeconfig or default_file.exists():
-            api = k8s_config.new_client_from_config(
+            k8s_config.load_kube_config(
                 config_file=str(kubeconfig) if kubeconfig else None,
                 context=cluster.kube_context,
+                client_configuration=configuration,
             )
         else:
-            configuration = k8s.Configuration()
             k8s_config.load_incluster_config(client_configuration=configuration)
-            api = k8s.ApiClient(configuration)
     except ConfigException as exc:
         where = f"context {cluster.kube_context!r}" if cluster.kube_context else "current context"
         raise ConfigurationError(
             f"cannot configure the Kubernetes client ({where}, kubeconfig "
             f"{kubeconfig or default_file}): {exc}"
         ) from exc
-    # Retries are ours (classified, with backoff and Retry-After), not urllib3's silent ones.
-    api.configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0)
+    # Retries are ours (classified, with backoff and Retry-After), not urllib3's silent
+    # ones; the pool reads this when the ApiClient is built, so it is set before.
+    configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0)
+    api = k8s.ApiClient(configuration)
     return _call(lambda: DynamicClient(api), "discover", "API groups")
 
 
@@ -337,10 +340,13 @@ def summarize(
     before: Mapping[str, dict[str, Any] | None],
     after: Mapping[str, dict[str, Any]],
 ) -> list[ObjectChange]:
-    """Created / changed / unchanged, judged by the server's resourceVersion.
+    """Created / changed / unchanged, judged by content (status and server fields aside).
 
-    Judged against the snapshot taken *before* the first attempt, so an object that a
-    failed attempt already wrote still counts as created or changed by this run.
+    Not by resourceVersion: on a real cluster controllers write status (a Deployment's
+    replicas, a ResourceQuota's ``used``) between our read and our apply, which bumps it
+    without any change of ours. Judged against the snapshot taken *before* the first
+    attempt, so an object that a failed attempt already wrote still counts as created or
+    changed by this run.
     """
     changes = []
     for obj in objects:
@@ -348,10 +354,9 @@ def summarize(
         old, new = before.get(key), after[key]
         if old is None:
             changes.append(ObjectChange(key=key, action="create", diff=diff_objects(None, new)))
-        elif old["metadata"]["resourceVersion"] != new["metadata"]["resourceVersion"]:
-            changes.append(ObjectChange(key=key, action="change", diff=diff_objects(old, new)))
-        else:
-            changes.append(ObjectChange(key=key, action="unchanged"))
+            continue
+        diff = diff_objects(old, new)
+        changes.append(ObjectChange(key=key, action="change" if diff else "unchanged", diff=diff))
     return changes
 
 
@@ -483,18 +488,34 @@ def wait_for_rollout(
         remaining = deadline_seconds - (time.monotonic() - started)
         if remaining <= 0:
             break
-        for event in dyn.watch(
-            resource,
-            namespace=namespace,
-            field_selector=f"metadata.name={name}",
-            resource_version=version,
-            timeout=max(1, int(remaining)),
-        ):
-            live = event["raw_object"]
-            version = live["metadata"].get("resourceVersion", version)
-            ready, reason = rollout_verdict(live)
-            if ready is not None or time.monotonic() - started >= deadline_seconds:
-                break
+        try:
+            for event in watch.Watch().stream(
+                resource.get,
+                namespace=namespace,
+                field_selector=f"metadata.name={name}",
+                resource_version=version,
+                serialize=False,
+                timeout_seconds=max(1, int(remaining)),
+                # A client-side bound too: a half-open connection must not outlive the
+                # deadline just because the server's timeoutSeconds never arrives.
+                _request_timeout=(settings.kube_request_timeout_seconds, remaining + 5),
+            ):
+                live = event.get("raw_object") or event["object"]
+                version = live["metadata"].get("resourceVersion", version)
+                ready, reason = rollout_verdict(live)
+                if ready is not None or time.monotonic() - started >= deadline_seconds:
+                    break
+        except (ApiException, DynamicApiError, urllib3.exceptions.HTTPError, OSError) as exc:
+            # 410 Gone (history expired), a dropped stream, a timeout: read the object
+            # afresh and watch again; only the deadline ends the wait.
+            get_run_logger().info("watch of %s/%s restarted: %s", namespace, name, exc)
+            time.sleep(min(1.0, max(0.0, deadline_seconds - (time.monotonic() - started))))
+            current = _get(
+                dyn, {**stub, "metadata": {"name": name, "namespace": namespace}}, settings
+            )
+            if current is not None:
+                live, version = current, current["metadata"]["resourceVersion"]
+                ready, reason = rollout_verdict(live)
     elapsed = round(time.monotonic() - started, 2)
     if ready:
         return RolloutResult(name=name, ready=True, seconds=elapsed)

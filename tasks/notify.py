@@ -28,16 +28,24 @@ def _load_block(name: str) -> NotificationBlock | None:
     return None
 
 
-@task(name="notify", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="notify", cache_policy=NO_CACHE)
 def notify(subject: str, body: str, *, block_name: str = DEFAULT_BLOCK) -> bool:
     """Send a message through notification block ``block_name`` if it exists.
+
+    A failing notification (Slack down, a bad webhook) is logged as a warning and never
+    fails the deploy or promotion it reports on.
 
     Returns:
         Whether a message was sent.
     """
-    block = _load_block(block_name)
-    if block is None:
-        get_run_logger().debug("no notification block %r configured; not notifying", block_name)
+    logger = get_run_logger()
+    try:
+        block = _load_block(block_name)
+        if block is None:
+            logger.debug("no notification block %r configured; not notifying", block_name)
+            return False
+        cast(Any, block).notify(body=body, subject=subject)  # sync call in a sync task
+    except Exception as exc:
+        logger.warning("notification through %r failed: %s", block_name, exc)
         return False
-    cast(Any, block).notify(body=body, subject=subject)  # sync call in a sync task
     return True

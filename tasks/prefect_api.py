@@ -64,26 +64,36 @@ def read_last_smoke_run(environment: str) -> tuple[bool, str]:
 
 
 @task(name="verify-approval", cache_policy=NO_CACHE)
-def verify_approval(approval_id: str) -> None:
-    """Check that ``approval_id`` is a running promote-to-production flow run.
+def verify_approval(approval_id: str, *, parent_task_run_id: str | None) -> None:
+    """Check that this deploy runs *inside* the running promotion ``approval_id``.
 
-    The deploy flow writes production only for such a run (its parent), so a caller of
-    the deploy flow cannot skip the approval gate by inventing an id.
+    The promotion calls the deploy flow as a subflow only after a decision to approve,
+    so requiring it to be our parent (not merely running) means that no one can reach
+    production by starting the deploy flow with a promotion's id from outside.
 
     Raises:
-        GuardError: the id is not a running promotion.
+        GuardError: the id is not our parent, or not a running promote-to-production run.
     """
+    refusal = (
+        f"approval {approval_id!r} is not the running promote-to-production run that "
+        "started this deploy; production is deployed only through an approved promotion"
+    )
+    if parent_task_run_id is None:
+        raise GuardError(refusal)
     with get_client(sync_client=True) as client:
         try:
+            parent = client.read_task_run(UUID(parent_task_run_id))
             run = client.read_flow_run(UUID(approval_id))
         except Exception as exc:  # any failure here means "not verified"
-            raise GuardError(f"approval {approval_id!r} is not a known flow run") from exc
+            raise GuardError(refusal) from exc
         flow = client.read_flow(run.flow_id)
-    if flow.name != "promote-to-production" or run.state is None or not run.state.is_running():
-        raise GuardError(
-            f"approval {approval_id!r} is not a running promote-to-production run; "
-            "production is deployed only through an approved promotion"
-        )
+    if (
+        str(parent.flow_run_id) != approval_id
+        or flow.name != "promote-to-production"
+        or run.state is None
+        or not run.state.is_running()
+    ):
+        raise GuardError(refusal)
 
 
 @task(name="record-audit", cache_policy=NO_CACHE)

@@ -26,6 +26,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Running
 
 from flows.deploy import deploy
 from flows.promote import ApprovalTimedOut, promote_to_production
@@ -85,6 +86,7 @@ def promotable(
     monkeypatch.setenv("RSOLV_KUBE_RETRY_DELAY_SECONDS", "0.05")
     monkeypatch.setenv("RSOLV_APPROVAL_POLL_SECONDS", "1")
     monkeypatch.setenv("RSOLV_PROMOTION_APPROVERS", "alice,bob,carol")
+    monkeypatch.setenv("RSOLV_FREEZE_WINDOWS_FILE", str(tmp_path / "freeze.yaml"))
     for ns in ("staging", "production"):
         kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     deploy(images=images(NEW), smoke_checks_file=checks(tmp_path, app_server, "staging"))
@@ -164,7 +166,6 @@ def promote(tmp_path: Path, server: Server, **kwargs: Any) -> Any:
     return promote_to_production(
         requester="carol",
         change_ref="PR-42",
-        freeze_windows_file=str(freeze),
         smoke_checks_file=checks(tmp_path, server, "production"),
         rollout_deadline_seconds=3,
         # A broken resumer must fail the test, not hang it for the default 24 h.
@@ -301,11 +302,32 @@ def test_only_stagings_digest_can_be_promoted(
 def test_deploy_to_production_needs_a_running_promotion(promotable: KubeEmulator) -> None:
     """The deploy flow refuses production with an approval id that is not a running promotion."""
     promotable.clear_log()
-    with pytest.raises(GuardError, match=r"not a known flow run|not a running promote"):
+    with pytest.raises(GuardError, match="not the running promote-to-production run"):
         deploy(
             images=images(NEW),
             environment="production",
             approval_id="00000000-0000-0000-0000-000000000000",
+            run_smoke_tests=False,
+        )
+    assert promotable.writes() == []
+
+
+def test_a_running_promotions_id_does_not_open_production_from_outside(
+    promotable: KubeEmulator,
+) -> None:
+    """The id of a promotion that is Running (e.g. before its pause) is refused when the
+    deploy flow is started on its own: production needs the promotion as its parent."""
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(
+            promote_to_production, parameters={"requester": "x", "change_ref": "y"}
+        )
+        client.set_flow_run_state(run.id, Running(), force=True)
+    promotable.clear_log()
+    with pytest.raises(GuardError, match="not the running promote-to-production run"):
+        deploy(
+            images=images(NEW),
+            environment="production",
+            approval_id=str(run.id),
             run_smoke_tests=False,
         )
     assert promotable.writes() == []

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect import get_client
+from prefect import flow, get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
@@ -18,7 +18,7 @@ from rsolv_staging.guards import ensure_confined
 from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.provisioning import object_key, staging_objects
 from rsolv_staging.settings import Settings
-from tasks.kube import apply_objects
+from tasks.kube import apply_objects, retrying
 from tasks.manifests import DEPLOYMENTS, render
 from tasks.secrets import secret_env_var
 
@@ -274,7 +274,7 @@ def test_staging_secret_equal_to_production_fails_before_any_write(
 
 
 def test_rbac_denial_fails_fast_naming_the_permission(
-    kube: KubeEmulator, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+    kube: KubeEmulator, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None
 ) -> None:
     """A 403 is not retried and says which verb on which resource is missing."""
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
@@ -283,8 +283,16 @@ def test_rbac_denial_fails_fast_naming_the_permission(
         TOPOLOGY,
         {TOPOLOGY.staging.secret_name(s): {k: "v" for k in s.data_keys} for s in TOPOLOGY.secrets},
     )
+
+    @flow
+    def apply_with_the_retry_policy() -> object:
+        # The provision flow's own policy: 6 retries, but only for transient failures.
+        return retrying(apply_objects, Settings())(
+            objects, cluster=TOPOLOGY.staging.cluster, settings=Settings()
+        )
+
     with pytest.raises(PermissionDenied, match=r"patch NetworkPolicy/staging/default-deny") as err:
-        apply_objects.fn(objects, cluster=TOPOLOGY.staging.cluster, settings=Settings())
+        apply_with_the_retry_policy()
     assert "cannot patch resource" in str(err.value)
     assert [r.status for r in kube.requests() if r.is_write].count(403) == 1
 
@@ -304,9 +312,19 @@ def test_guard_refuses_objects_aimed_at_production() -> None:
             "spec": {"tls": [{"hosts": ["api.rsolv.dev"], "secretName": "prod-tls"}]},
         },
     ]
+    bad.append(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "app", "namespace": "staging"},
+            "data": {"DATABASE_URL": "postgres://app:hunter2@postgres.production:5432/rsolv"},
+        }
+    )
     with pytest.raises(GuardError) as err:
         ensure_confined(bad, TOPOLOGY.staging, TOPOLOGY.production)
     message = str(err.value)
     assert "ConfigMap/production/x is in namespace 'production'" in message
     assert "routes production domain 'api.rsolv.dev'" in message
     assert "references production secret 'prod-tls'" in message
+    assert "ConfigMap/staging/app points at production host 'postgres.production'" in message
+    assert "hunter2" not in message
