@@ -179,13 +179,17 @@ class Cluster(_Frozen):
     cluster_issuer: str = Field(
         default="letsencrypt-prod", description="cert-manager ClusterIssuer for TLS"
     )
+    dns_namespace: str = Field(
+        default="kube-system", description="Namespace of the cluster DNS (k3s: CoreDNS)"
+    )
     internal_cidrs: tuple[str, ...] = Field(
-        default=("10.42.0.0/16", "10.43.0.0/16"),
+        # k3s pod and service ranges, and link-local (cloud metadata endpoints).
+        default=("10.42.0.0/16", "10.43.0.0/16", "169.254.0.0/16"),
         description="Pod and Service CIDRs (k3s defaults), excluded from internet egress so "
         "no NetworkPolicy's internet rule opens a path to another namespace",
     )
 
-    @field_validator("ingress_namespace")
+    @field_validator("ingress_namespace", "dns_namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
         return _check_dns_label(value)

@@ -186,7 +186,7 @@ def _from_namespace(name: str) -> dict[str, Any]:
 
 def _dns_egress(topology: Topology) -> dict[str, Any]:
     return {
-        "to": [_from_namespace(topology.staging.cluster.ingress_namespace)],
+        "to": [_from_namespace(topology.staging.cluster.dns_namespace)],
         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
     }
 

@@ -143,7 +143,9 @@ def test_network_policies_keep_other_namespaces_out(
         for peer in rule["to"]
         if "ipBlock" in peer
     ]
-    assert internet == [{"cidr": "0.0.0.0/0", "except": ["10.42.0.0/16", "10.43.0.0/16"]}]
+    assert internet == [
+        {"cidr": "0.0.0.0/0", "except": ["10.42.0.0/16", "10.43.0.0/16", "169.254.0.0/16"]}
+    ]
 
 
 def test_second_run_changes_nothing_and_says_so(
