@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
 
 from sandbox.services import app_server, prefect_server
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         production_pg = factory.start("production")
         staging_pg = factory.start("staging")
         for server in (production_pg, staging_pg):
-            with __import__("psycopg").connect(server.dsn, autocommit=True) as conn:
+            with psycopg.connect(server.dsn, autocommit=True) as conn:
                 conn.execute("CREATE DATABASE rsolv")
         kube = stack.enter_context(KubeEmulator())
         kubeconfig = kube.write_kubeconfig(state / "kubeconfig")
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.setdefault(secret_env_var(name), secrets.token_urlsafe(24))
 
         from flows.deploy import deploy
-        from flows.promote import promote_to_production
+        from flows.promote import PromotionReport, promote_to_production
         from flows.provision import provision_staging
         from flows.synthetic_data import generate_synthetic_data
         from rsolv_staging.images import parse_image
@@ -268,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             smoke_checks_file=_checks(state / "smoke-production.yaml", "production", prod_app.url),
         )
         helper.join(timeout=5)
+        if not isinstance(promotion, PromotionReport):
+            say(
+                f"The promotion ended as {promotion.name}: {promotion.message}; production untouched"
+            )
+            return 3
         record = promotion.record
         print(f"    {record.decision} by {record.approver}: {record.outcome}")
         t = timed("promotion (incl. waiting for approval)", t)
