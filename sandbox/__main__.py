@@ -270,9 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         helper.join(timeout=5)
         if not isinstance(promotion, PromotionReport):
-            say(
-                f"The promotion ended as {promotion.name}: {promotion.message}; production untouched"
-            )
+            say(f"The promotion ended {promotion.name} ({promotion.message}); production untouched")
             return 3
         record = promotion.record
         print(f"    {record.decision} by {record.approver}: {record.outcome}")
