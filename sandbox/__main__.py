@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=str(ROOT / ".sandbox"))
     parser.add_argument("--scale", type=float, default=0.02, help="synthetic data scale")
     parser.add_argument("--keep-ui", action="store_true", help="keep the UI up until Ctrl-C")
+    parser.add_argument("--skip-sync", action="store_true", help="leave out the data sync")
     args = parser.parse_args(argv)
 
     state = Path(args.state_dir)
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         say("6/6 Monthly production -> staging data sync")
-        sync_flow = _sync_flow()
+        sync_flow = None if args.skip_sync else _sync_flow()
         if sync_flow is None:
             print("    (the sync flow is not part of this checkout yet: skipped)")
         else:
