@@ -1,4 +1,4 @@
-"""The main job on local defaults: provision staging as a dry run against a local emulator.
+"""Plan provisioning: the provision flow as a dry run against a local emulator.
 
 No cluster is needed: the Kubernetes API is the project's EMULATOR (an in-process HTTP
 server, not a cluster), Prefect runs on a temporary local server, and the staging
