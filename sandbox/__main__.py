@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
         from rsolv_staging.kube_emulator import KubeEmulator
-        from tests.plugins.postgres import PostgresFactory
+        from sandbox.postgres import PostgresFactory
 
         (state / "postgres").mkdir()
         factory = stack.enter_context(PostgresFactory(state / "postgres"))
