@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         from rsolv_staging.kube_emulator import KubeEmulator
         from sandbox.postgres import PostgresFactory
 
-        (state / "postgres").mkdir()
-        factory = stack.enter_context(PostgresFactory(state / "postgres"))
+        # Its own temporary directory: under root the servers run as `nobody`, who may not
+        # traverse the state directory's parents (e.g. a checkout in a private home).
+        factory = stack.enter_context(PostgresFactory())
         production_pg = factory.start("production")
         staging_pg = factory.start("staging")
         for server in (production_pg, staging_pg):

@@ -377,4 +377,3 @@ class PostgresFactory:
         self.stop_all()
 
 
-# --- pytest fixtures ---------------------------------------------------------------
