@@ -375,5 +375,3 @@ class PostgresFactory:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop_all()
-
-
