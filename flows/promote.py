@@ -45,6 +45,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
@@ -66,11 +67,17 @@ from rsolv_staging.promotion import (
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.reports import change_report
 from rsolv_staging.settings import REPO_ROOT, load_settings, load_topology
-from tasks.kube import preview_apply, read_objects, retrying, rollout_verdict
+from tasks.kube import diff_objects, preview_apply, read_objects, retrying, rollout_verdict
 from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
-from tasks.prefect_api import read_approvers, read_last_smoke_run, record_audit
+from tasks.prefect_api import (
+    ensure_concurrency_limit,
+    read_approvers,
+    read_last_smoke_run,
+    record_audit,
+)
 
+PRODUCTION_LOCK = "production-deploy"
 DEFAULT_FREEZE_WINDOWS = REPO_ROOT / "data" / "freeze-windows.yaml"  # or RSOLV_FREEZE_WINDOWS_FILE
 
 
@@ -246,11 +253,61 @@ def promote_to_production(
     if late is not None and freeze is None:
         record.freeze_override = f"{late.name}: {freeze_override_reason}"
     record.decision = "approved"
+    # One production change at a time: several promotions can wait at the gate together
+    # (Prefect frees a deployment's slot while a run is paused), so the apply itself holds
+    # a global lock, and what the approver saw must still be what production is.
+    ensure_concurrency_limit(PRODUCTION_LOCK)
+    with concurrency(PRODUCTION_LOCK, occupy=1, timeout_seconds=rollout_deadline_seconds * 4):
+        now = retrying(read_objects, settings)(
+            objects, cluster=production.cluster, settings=settings
+        )
+        drifted = [k for k in now if _differs(before.get(k), now[k])]
+        if drifted:
+            record.decision = "refused"
+            record.outcome = (
+                "production untouched: it changed after the diff was shown ("
+                + ", ".join(drifted)
+                + "); request the promotion again"
+            )
+            record_audit(record)
+            raise PromotionRefused(record.outcome)
+        return _deploy_approved(
+            record,
+            requester=requester,
+            change_ref=change_ref,
+            approver=decision.approver,
+            run_id=run_id,
+            rollout_deadline_seconds=rollout_deadline_seconds,
+            smoke_checks_file=smoke_checks_file,
+            environments_file=environments_file,
+            manifests_dir=manifests_dir,
+        )
+
+
+def _differs(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    if old is None or new is None:
+        return (old is None) != (new is None)
+    return bool(diff_objects(old, new))
+
+
+def _deploy_approved(
+    record: AuditRecord,
+    *,
+    requester: str,
+    change_ref: str,
+    approver: str,
+    run_id: str,
+    rollout_deadline_seconds: float,
+    smoke_checks_file: str | None,
+    environments_file: str | None,
+    manifests_dir: str | None,
+) -> PromotionReport:
+    """Deploy the approved digests to production as this run's subflow, and audit it."""
     try:
         report = deploy(
             images=record.images,
             environment="production",
-            trigger=f"promotion {change_ref} by {requester}, approved by {decision.approver}",
+            trigger=f"promotion {change_ref} by {requester}, approved by {approver}",
             rollout_deadline_seconds=rollout_deadline_seconds,
             smoke_checks_file=smoke_checks_file,
             approval_id=run_id,

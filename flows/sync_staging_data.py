@@ -62,12 +62,12 @@ from rsolv_staging.sync import CONCURRENCY_LIMIT, Phase, SyncReport, report_mark
 from tasks.postgres import resolve_dsn
 from tasks.postgres.sync import (
     copy_database,
-    ensure_concurrency_limit,
     prepare_sync,
     resolve_sanitize_salt,
     swap_database,
     verify_copy,
 )
+from tasks.prefect_api import ensure_concurrency_limit
 
 PROGRESS_ARTIFACT_KEY = "staging-sync-progress"
 REPORT_ARTIFACT_KEY = "staging-sync-report"

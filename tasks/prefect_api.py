@@ -10,9 +10,11 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import emit_event
+from prefect.exceptions import ObjectNotFound
 from prefect.variables import Variable
 
 from rsolv_staging.exceptions import ConfigurationError, GuardError
@@ -113,3 +115,15 @@ def record_audit(record: AuditRecord) -> UUID:
             description=f"{record.decision} by {record.approver or '-'}: {record.outcome}",
         ),
     )
+
+
+@task(name="ensure-concurrency-limit", cache_policy=NO_CACHE)
+def ensure_concurrency_limit(name: str, *, limit: int = 1) -> None:
+    """Create global concurrency limit ``name`` (``limit`` slots) if it is missing."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=limit)
+            )

@@ -7,6 +7,7 @@ Paused state and answers through the project's REST client, as a person or CI wo
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Running
 
 from flows.deploy import deploy
-from flows.promote import ApprovalTimedOut, promote_to_production
+from flows.promote import ApprovalTimedOut, PromotionRefused, promote_to_production
 from rsolv_staging.cli import PrefectAPI
 from rsolv_staging.deployments import DeployFailed
 from rsolv_staging.environments import default_topology
@@ -293,8 +294,6 @@ def test_only_stagings_digest_can_be_promoted(
     promotable: KubeEmulator, app_server: Server, tmp_path: Path
 ) -> None:
     """Asking for a digest staging does not run is refused before anyone is asked."""
-    from flows.promote import PromotionRefused
-
     with pytest.raises(PromotionRefused, match="only what staging runs"):
         promote(tmp_path, app_server, images=images(OLD))
 
@@ -331,3 +330,25 @@ def test_a_running_promotions_id_does_not_open_production_from_outside(
             run_smoke_tests=False,
         )
     assert promotable.writes() == []
+
+
+def test_production_changed_while_waiting_is_refused(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """If production changes after the diff was shown, the approval does not apply it."""
+    from kubernetes import client, config
+
+    def change_then_approve(api: PrefectAPI, run_id: str) -> None:
+        core = client.CoreV1Api(config.new_client_from_config(config_file=os.environ["KUBECONFIG"]))
+        core.patch_namespaced_config_map(
+            "rsolv-config", "production", {"data": {"LOG_LEVEL": "debug"}}
+        )
+        decide("approve", "alice")(api, run_id)
+
+    resumer(change_then_approve)
+    with pytest.raises(PromotionRefused, match="changed after the diff was shown"):
+        promote(tmp_path, app_server)
+    assert running(promotable, "production") == images(OLD)
+    (row,) = audit_rows()
+    assert row["decision"] == "refused"
+    assert "ConfigMap/production/rsolv-config" in row["outcome"]

@@ -46,7 +46,6 @@ from rsolv_staging.exceptions import ConfigurationError, DataError, GuardError, 
 from rsolv_staging.sanitize import LineMasker, MaskerFactory, Rules, check_rules, personal_columns
 from rsolv_staging.settings import load_settings
 from rsolv_staging.sync import (
-    CONCURRENCY_LIMIT,
     CopyResult,
     Phase,
     SourceFacts,
@@ -1149,27 +1148,11 @@ def resolve_sanitize_salt(secret_name: str) -> SecretStr:
     return value
 
 
-@task(cache_policy=NO_CACHE)
-def ensure_concurrency_limit(name: str = CONCURRENCY_LIMIT) -> None:
-    """Create the global concurrency limit (1 slot) the sync holds, if it is missing."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-
-
 __all__ = [
     "SyncPlan",
     "Target",
     "copy_database",
     "drop_leftovers",
-    "ensure_concurrency_limit",
     "find_tools",
     "prepare_sync",
     "read_objects",
