@@ -98,13 +98,7 @@ def service_accounts(env: Environment) -> list[Manifest]:
                 },
             ],
         },
-        {
-            "apiVersion": rbac,
-            "kind": "RoleBinding",
-            "metadata": _meta(env, deployer, ns),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": deployer},
-            "subjects": [{"kind": "ServiceAccount", "name": deployer, "namespace": ns}],
-        },
+        _role_binding(env, deployer, ns, account_namespace=ns),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(env, prometheus, mon)},
         {
             # Read-only discovery of scrape targets, granted in the app namespace only:
@@ -120,18 +114,21 @@ def service_accounts(env: Environment) -> list[Manifest]:
                 }
             ],
         },
-        {
-            "apiVersion": rbac,
-            "kind": "RoleBinding",
-            "metadata": _meta(env, prometheus, ns),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": prometheus,
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": prometheus, "namespace": mon}],
-        },
+        _role_binding(env, prometheus, ns, account_namespace=mon),
     ]
+
+
+def _role_binding(
+    env: Environment, name: str, namespace: str, *, account_namespace: str
+) -> Manifest:
+    """Bind Role ``name`` in ``namespace`` to the ServiceAccount of the same name."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(env, name, namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": account_namespace}],
+    }
 
 
 def quotas(topology: Topology) -> list[Manifest]:
