@@ -153,34 +153,246 @@ def parse_toc(listing: str) -> list[TocEntry]:
     return entries
 
 
+@dataclass(frozen=True)
+class PostDataObject:
+    """What the source's catalog says about an index or constraint of the post-data
+    section: whose it is, and how costly it is to build."""
+
+    table: str
+    cost: float = 0.0
+    references: str | None = None  # a foreign key: the referenced table
+    requires: int | None = None  # a foreign key: the oid of the key it points at
+
+
+# Building a GIN/GiST/SP-GiST index costs several times a B-tree of the same size
+# (measured: a 117 MB jsonb GIN 8 s, a 54 MB bigint B-tree 0.8 s, a 17 MB two-column text
+# B-tree 2.3 s). The estimate only orders the work: the costliest first.
+INDEX_COST_WEIGHT = {"gin": 5.0, "gist": 5.0, "spgist": 5.0}
+
+
+def index_cost(nbytes: int, access_method: str) -> float:
+    """Estimated build cost of an index of ``nbytes`` on the source (a relative unit)."""
+    return nbytes * INDEX_COST_WEIGHT.get(access_method, 1.0)
+
+
 @dataclass
 class PostDataPlan:
     """Post-data entries split into per-table groups (built as soon as the table is
-    loaded) and the rest (built once everything is loaded)."""
+    loaded), foreign keys between loaded tables (added once both tables are built) and
+    the rest (restored once everything is loaded)."""
 
     per_table: dict[str, list[TocEntry]] = field(default_factory=dict)
+    foreign_keys: list[tuple[TocEntry, frozenset[str]]] = field(default_factory=list)
     rest: list[TocEntry] = field(default_factory=list)
+    cost: dict[int, float] = field(default_factory=dict)  # dump id -> estimate
 
 
 def plan_post_data(
-    entries: Iterable[TocEntry], owner_of: Mapping[int, str], loaded_tables: Iterable[str]
+    entries: Iterable[TocEntry],
+    objects: Mapping[int, PostDataObject],
+    loaded_tables: Iterable[str],
 ) -> PostDataPlan:
     """Split post-data entries.
 
     Args:
         entries: The post-data section's TOC entries.
-        owner_of: Source oid of an index or constraint -> the table it belongs to.
+        objects: Source oid of an index or constraint -> what it belongs to.
         loaded_tables: Tables whose rows the COPY streams load (leaf tables only).
     """
+    entries = list(entries)
     tables = set(loaded_tables)
     plan = PostDataPlan()
+    early: set[int] = set()
     for entry in entries:
-        table = owner_of.get(entry.oid)
-        if entry.desc in _PER_TABLE_KINDS and table in tables:
-            plan.per_table.setdefault(table, []).append(entry)
+        info = objects.get(entry.oid)
+        if entry.desc in _PER_TABLE_KINDS and info is not None and info.table in tables:
+            plan.per_table.setdefault(info.table, []).append(entry)
+            plan.cost[entry.dump_id] = info.cost
+            early.add(entry.oid)
+    for entry in entries:
+        info = objects.get(entry.oid)
+        if entry.oid in early:
+            continue
+        if (
+            entry.desc == "FK CONSTRAINT"
+            and info is not None
+            and info.table in tables
+            and info.references in tables
+            # the key it points at is built early too (not, say, a partitioned index)
+            and info.requires in early
+        ):
+            assert info.references is not None
+            plan.foreign_keys.append((entry, frozenset({info.table, info.references})))
         else:
             plan.rest.append(entry)
     return plan
+
+
+def load_order(table_bytes: Mapping[str, int], plan: PostDataPlan) -> list[str]:
+    """Tables in the order to load them: the longest load-then-build chain first.
+
+    A table's chain is its load (its size) followed by its costliest index: starting
+    the table behind the costliest index early lets that build run beside the other
+    loads instead of after them (the GIN index of a 1 GB copy is its critical path).
+    """
+
+    def chain(table: str) -> float:
+        builds = [plan.cost.get(e.dump_id, 0.0) for e in plan.per_table.get(table, [])]
+        return table_bytes[table] + max(builds, default=0.0)
+
+    return sorted(table_bytes, key=lambda t: (-chain(t), t))
+
+
+@dataclass(frozen=True)
+class PostDataJob:
+    """One unit of post-data work: TOC entries for one ``pg_restore``, or an ``ANALYZE``."""
+
+    entries: tuple[TocEntry, ...] = ()
+    analyze: str | None = None
+    # (table, exclusive): the table locks it takes, as far as they conflict.
+    locks: frozenset[tuple[str, bool]] = frozenset()
+
+
+class PostDataQueue:
+    """Which post-data work may start, as tables finish loading (bookkeeping only).
+
+    A loaded table's indexes and keys are ready at once; a foreign key once both its
+    tables are built (it validates against the referenced key); ``ANALYZE`` of a table
+    once its indexes and foreign keys are in (expression indexes have statistics too).
+    Work whose table locks would conflict with running work is held back instead of
+    blocking a slot: ``ADD PRIMARY KEY``/``UNIQUE`` take an ACCESS EXCLUSIVE lock, a
+    foreign key SHARE ROW EXCLUSIVE on both tables, ``ANALYZE`` SHARE UPDATE EXCLUSIVE,
+    ``CREATE INDEX`` only SHARE (index builds of one table run side by side).
+    Among what may start, the longest chain first: a table's key constraints before its
+    costliest index (they cannot overlap it), then the costliest index.
+    """
+
+    def __init__(self, plan: PostDataPlan) -> None:
+        self._cost = plan.cost
+        self._waiting = {t: list(es) for t, es in plan.per_table.items()}
+        self._open = {t: len(es) for t, es in plan.per_table.items()}
+        self._table_of = {e.dump_id: t for t, es in plan.per_table.items() for e in es}
+        self._fks = list(plan.foreign_keys)
+        self._fk_tables = {e.dump_id: between for e, between in plan.foreign_keys}
+        self._fk_open: dict[str, int] = {}
+        for _, between in self._fks:
+            for table in between:
+                self._fk_open[table] = self._fk_open.get(table, 0) + 1
+        self._ready: list[TocEntry] = []
+        self._analyzable: list[str] = []
+        self._analyzed: set[str] = set()
+        self._built: set[str] = set()
+        self._held: dict[str, int] = {}  # table -> running jobs holding a shared lock
+        self._held_exclusive: set[str] = set()
+
+    def loaded(self, table: str) -> None:
+        """``table``'s rows are in: its own indexes and keys may be built."""
+        self._ready.extend(self._waiting.pop(table, []))
+        if not self._open.get(table):
+            self._table_built(table)
+
+    def _locks(self, entry: TocEntry) -> frozenset[tuple[str, bool]]:
+        if entry.dump_id in self._fk_tables:
+            return frozenset((t, True) for t in self._fk_tables[entry.dump_id])
+        return frozenset({(self._table_of[entry.dump_id], entry.desc != "INDEX")})
+
+    def _free(self, locks: Iterable[tuple[str, bool]]) -> bool:
+        return all(
+            table not in self._held_exclusive and not (exclusive and self._held.get(table))
+            for table, exclusive in locks
+        )
+
+    def _priority(self, entry: TocEntry) -> float:
+        cost = self._cost.get(entry.dump_id, 0.0)
+        table = self._table_of.get(entry.dump_id)
+        if table is not None and entry.desc != "INDEX":
+            # The table's other builds wait for this one: it heads their chain.
+            cost += max(
+                (self._cost.get(e.dump_id, 0.0) for e in self._ready if e is not entry),
+                default=0.0,
+            )
+        return cost
+
+    def next_job(self, small: float, limit: int = 64) -> PostDataJob | None:
+        """Work that may start now, or ``None``.
+
+        An ``ANALYZE`` first (cheap, and it frees nothing else); else the ready entry
+        with the longest chain; if it is cheaper than ``small``, with up to ``limit``
+        more cheap ones (a process per tiny index would cost more than the index).
+        """
+        for table in self._analyzable:
+            lock = (table, True)
+            if self._free([lock]):
+                self._analyzable.remove(table)
+                return self._start(PostDataJob(analyze=table, locks=frozenset({lock})))
+        order = sorted(self._ready, key=lambda e: (-self._priority(e), e.dump_id))
+        first = next((e for e in order if self._free(self._locks(e))), None)
+        if first is None:
+            return None
+        batch, locks = [first], set(self._locks(first))
+        if self._cost.get(first.dump_id, 0.0) < small:
+            for entry in order:
+                if len(batch) > limit:
+                    break
+                if entry is first or self._cost.get(entry.dump_id, 0.0) >= small:
+                    continue
+                more = self._locks(entry)
+                if self._free(more):
+                    batch.append(entry)
+                    locks |= more
+        for entry in batch:
+            self._ready.remove(entry)
+        return self._start(PostDataJob(entries=tuple(batch), locks=frozenset(locks)))
+
+    def _start(self, job: PostDataJob) -> PostDataJob:
+        for table, exclusive in job.locks:
+            if exclusive:
+                self._held_exclusive.add(table)
+            else:
+                self._held[table] = self._held.get(table, 0) + 1
+        return job
+
+    def finished(self, job: PostDataJob) -> None:
+        """``job`` is done: release its locks, and what waited on it may become ready."""
+        for table, exclusive in job.locks:
+            if exclusive:
+                self._held_exclusive.discard(table)
+            else:
+                self._held[table] -= 1
+                if not self._held[table]:
+                    del self._held[table]
+        for entry in job.entries:
+            between = self._fk_tables.get(entry.dump_id)
+            if between is not None:
+                for table in between:
+                    self._fk_open[table] -= 1
+                    self._maybe_analyzable(table)
+                continue
+            table = self._table_of[entry.dump_id]
+            self._open[table] -= 1
+            if self._open[table] == 0:
+                self._table_built(table)
+
+    @property
+    def done(self) -> bool:
+        """Nothing is waiting, ready or running (``loaded`` may still add work)."""
+        return not (self._ready or self._analyzable or self._held or self._held_exclusive)
+
+    def _table_built(self, table: str) -> None:
+        self._built.add(table)
+        remaining = []
+        for entry, between in self._fks:
+            if between <= self._built:
+                self._ready.append(entry)
+            else:
+                remaining.append((entry, between))
+        self._fks = remaining
+        self._maybe_analyzable(table)
+
+    def _maybe_analyzable(self, table: str) -> None:
+        if table in self._built and not self._fk_open.get(table) and table not in self._analyzed:
+            self._analyzed.add(table)
+            self._analyzable.append(table)
 
 
 def toc_list(entries: Iterable[TocEntry]) -> str:

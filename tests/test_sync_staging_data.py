@@ -39,7 +39,11 @@ from rsolv_staging.exceptions import ConfigurationError, DataError, GuardError
 from rsolv_staging.sanitize import LineMasker, MaskerFactory, Rule, parse_rules, personal_columns
 from rsolv_staging.sync import (
     CONCURRENCY_LIMIT,
+    PostDataObject,
+    PostDataQueue,
     choose_tools,
+    index_cost,
+    load_order,
     parse_toc,
     parse_tool_version,
     plan_post_data,
@@ -245,32 +249,113 @@ def test_tools_are_chosen_between_the_source_and_target_versions() -> None:
     assert parse_tool_version("pg_dump (PostgreSQL) 18.6") == 18
 
 
-def test_post_data_is_split_into_per_table_indexes_and_the_rest() -> None:
-    """A loaded table's own indexes and keys are built early; foreign keys, triggers and
-    objects of tables the streams do not load wait for the end."""
-    listing = textwrap.dedent(
-        """\
-        ;
-        ; Archive created at 2026-11-26
-        3350; 2606 16392 CONSTRAINT app accounts accounts_pkey postgres
-        3352; 1259 16400 INDEX app accounts_doc_gin postgres
-        3360; 2606 16410 FK CONSTRAINT app orders orders_account_id_fkey postgres
-        3361; 2620 16420 TRIGGER app orders orders_audit postgres
-        3362; 1259 16430 INDEX app events_payload postgres
-        """
-    )
-    entries = parse_toc(listing)
-    assert [e.desc for e in entries] == ["CONSTRAINT", "INDEX", "FK CONSTRAINT", "TRIGGER", "INDEX"]
-    owners = {
-        16392: "app.accounts",
-        16400: "app.accounts",
-        16410: "app.orders",
-        16430: "app.events",
-    }
-    plan = plan_post_data(entries, owners, ["app.accounts", "app.orders"])
-    assert [e.oid for e in plan.per_table["app.accounts"]] == [16392, 16400]
-    assert [e.oid for e in plan.rest] == [16410, 16420, 16430]
-    assert toc_list(plan.rest).splitlines()[0].startswith("3360;")
+_LISTING = textwrap.dedent(
+    """\
+    ;
+    ; Archive created at 2026-11-26
+    3350; 2606 16392 CONSTRAINT app accounts accounts_pkey postgres
+    3352; 1259 16400 INDEX app accounts_doc_gin postgres
+    3353; 1259 16401 INDEX app accounts_name postgres
+    3354; 2606 16402 CONSTRAINT app orders orders_pkey postgres
+    3360; 2606 16410 FK CONSTRAINT app orders orders_account_id_fkey postgres
+    3361; 2620 16420 TRIGGER app orders orders_audit postgres
+    3362; 1259 16430 INDEX app events_payload postgres
+    3363; 2606 16440 FK CONSTRAINT app events events_order_fkey postgres
+    """
+)
+_OBJECTS = {
+    16392: PostDataObject(table="app.accounts", cost=10),
+    16400: PostDataObject(table="app.accounts", cost=index_cost(100, "gin")),
+    16401: PostDataObject(table="app.accounts", cost=20),
+    16402: PostDataObject(table="app.orders", cost=30),
+    16410: PostDataObject(table="app.orders", cost=40, references="app.accounts", requires=16392),
+    16430: PostDataObject(table="app.events", cost=50),
+    # events is not loaded by the streams (a partitioned table, say): its foreign key waits
+    16440: PostDataObject(table="app.events", cost=5, references="app.orders", requires=16402),
+}
+
+
+def test_post_data_is_split_into_per_table_builds_early_foreign_keys_and_the_rest() -> None:
+    """A loaded table's own indexes and keys are built early, a foreign key between two
+    loaded tables once both are built; triggers and objects of tables the streams do not
+    load wait for the end."""
+    entries = parse_toc(_LISTING)
+    assert [e.desc for e in entries] == [
+        "CONSTRAINT", "INDEX", "INDEX", "CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "INDEX",
+        "FK CONSTRAINT",
+    ]  # fmt: skip
+    plan = plan_post_data(entries, _OBJECTS, ["app.accounts", "app.orders"])
+    assert [e.oid for e in plan.per_table["app.accounts"]] == [16392, 16400, 16401]
+    assert [e.oid for e, _ in plan.foreign_keys] == [16410]
+    assert plan.foreign_keys[0][1] == {"app.orders", "app.accounts"}
+    assert [e.oid for e in plan.rest] == [16420, 16430, 16440]
+    assert toc_list(plan.rest).splitlines()[0].startswith("3361;")
+    # The table behind the costliest build loads first, though it is the smaller one.
+    assert load_order({"app.accounts": 100, "app.orders": 300}, plan) == [
+        "app.accounts",
+        "app.orders",
+    ]
+
+
+def test_post_data_work_starts_without_lock_conflicts_longest_chain_first() -> None:
+    """Key constraints (ACCESS EXCLUSIVE) never overlap another build of their table,
+    index builds of one table do overlap, a foreign key waits for both tables to be
+    built, ANALYZE for the table's foreign keys; everything runs exactly once."""
+    plan = plan_post_data(parse_toc(_LISTING), _OBJECTS, ["app.accounts", "app.orders"])
+    queue = PostDataQueue(plan)
+    assert queue.next_job(small=0) is None  # nothing loaded yet
+
+    queue.loaded("app.accounts")
+    first = queue.next_job(small=0)
+    assert first is not None
+    # the primary key heads the chain of the GIN build, which must wait for it anyway
+    assert [e.oid for e in first.entries] == [16392]
+    assert queue.next_job(small=0) is None  # both indexes conflict with the running key
+    queue.finished(first)
+    gin, name = queue.next_job(small=0), queue.next_job(small=0)
+    assert gin is not None
+    assert name is not None
+    assert [e.oid for e in gin.entries] == [16400]  # costliest first
+    assert [e.oid for e in name.entries] == [16401]  # and side by side with it
+
+    queue.loaded("app.orders")
+    orders_pkey = queue.next_job(small=0)
+    assert orders_pkey is not None
+    assert [e.oid for e in orders_pkey.entries] == [16402]
+    queue.finished(orders_pkey)
+    assert queue.next_job(small=0) is None  # the foreign key needs accounts built
+    queue.finished(name)
+    queue.finished(gin)
+    fk = queue.next_job(small=0)
+    assert fk is not None
+    assert [e.oid for e in fk.entries] == [16410]
+    assert queue.next_job(small=0) is None  # ANALYZE waits for the foreign key
+    queue.finished(fk)
+    analyzed = set()
+    while (job := queue.next_job(small=0)) is not None:
+        assert not job.entries
+        analyzed.add(job.analyze)
+        queue.finished(job)
+    assert analyzed == {"app.accounts", "app.orders"}
+    assert queue.done
+
+
+def test_cheap_builds_are_batched_into_one_restore() -> None:
+    plan = plan_post_data(parse_toc(_LISTING), _OBJECTS, ["app.accounts", "app.orders"])
+    queue = PostDataQueue(plan)
+    queue.loaded("app.accounts")
+    queue.loaded("app.orders")
+    job = queue.next_job(small=1000)
+    assert job is not None
+    # One pg_restore runs its list in order, so a key and the indexes of its table may
+    # share a batch; the batch holds the strongest lock of each table while it runs.
+    assert sorted(e.oid for e in job.entries) == [16392, 16400, 16401, 16402]
+    assert ("app.accounts", True) in job.locks
+    assert queue.next_job(small=1000) is None
+    queue.finished(job)
+    fk = queue.next_job(small=1000)
+    assert fk is not None
+    assert [e.oid for e in fk.entries] == [16410]
 
 
 def test_side_database_names_must_fit_postgres_identifiers() -> None:

@@ -24,8 +24,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,17 @@ from rsolv_staging.settings import load_settings
 from rsolv_staging.sync import (
     CopyResult,
     Phase,
+    PostDataJob,
+    PostDataObject,
+    PostDataQueue,
     SourceFacts,
     SyncNames,
+    TocEntry,
     Verification,
     choose_tools,
     compare_facts,
+    index_cost,
+    load_order,
     major_of,
     parse_toc,
     parse_tool_version,
@@ -361,6 +367,9 @@ class _Table(BaseModel):
     columns: list[str]
     unique_columns: list[str]
     max_lengths: dict[str, int]
+    own_autovacuum: bool = Field(
+        default=False, description="The source sets autovacuum_enabled on it (or its TOAST)"
+    )
 
     @property
     def key(self) -> str:
@@ -385,7 +394,10 @@ SELECT n.nspname, c.relname, pg_table_size(c.oid),
            SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique
              AND a.attnum = ANY(i.indkey))),
        json_object_agg(a.attname, a.atttypmod - 4) FILTER (WHERE a.atttypmod > 4
-           AND a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype))
+           AND a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype)),
+       concat_ws(',', array_to_string(c.reloptions, ','),
+                 (SELECT array_to_string(t.reloptions, ',') FROM pg_class t
+                  WHERE t.oid = c.reltoastrelid)) ~ '(^|,)autovacuum_enabled='
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -394,14 +406,31 @@ GROUP BY n.nspname, c.relname, c.oid
 ORDER BY pg_table_size(c.oid) DESC, 1, 2
 """
 
-_OWNERS = """
-SELECT i.indexrelid::bigint, n.nspname || '.' || c.relname
-FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+# Indexes and constraints of the source: owner, estimated build cost (size on the
+# source by access method), and for foreign keys the referenced table and the key
+# (constraint, or a bare unique index) they point at.
+_POST_DATA_OBJECTS = """
+WITH rel AS (
+  SELECT c.oid, n.nspname || '.' || c.relname AS name
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+)
+SELECT i.indexrelid::bigint, t.name, pg_relation_size(i.indexrelid), am.amname,
+       NULL::text, NULL::bigint
+FROM pg_index i JOIN rel t ON t.oid = i.indrelid
+JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
 UNION ALL
-SELECT k.oid::bigint, n.nspname || '.' || c.relname
-FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE k.contype <> 'f'
+SELECT k.oid::bigint, t.name,
+       CASE WHEN k.contype = 'f' THEN pg_table_size(k.conrelid)
+            ELSE coalesce(pg_relation_size(nullif(k.conindid, 0)), 0) END,
+       coalesce(am.amname, ''), r.name,
+       CASE WHEN k.contype = 'f' THEN coalesce(
+         (SELECT u.oid FROM pg_constraint u WHERE u.conindid = k.conindid
+            AND u.conrelid = k.confrelid AND u.contype IN ('p', 'u')),
+         k.conindid)::bigint END
+FROM pg_constraint k JOIN rel t ON t.oid = k.conrelid
+LEFT JOIN rel r ON r.oid = k.confrelid
+LEFT JOIN pg_class ic ON ic.oid = k.conindid AND k.contype <> 'f'
+LEFT JOIN pg_am am ON am.oid = ic.relam
 """
 
 _SEQUENCES = f"""
@@ -490,18 +519,6 @@ def table_checksum(conn: psycopg.Connection[Any], schema: str, name: str) -> str
     return f"{row[0]}:{row[1]}"
 
 
-class _Progress:
-    """Bytes streamed so far, shared by the COPY threads."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.bytes += n
-
-
 @dataclass(frozen=True)
 class _PipeEnds:
     """How the psql processes of a pipe reach each side: conninfo, environment, DSN."""
@@ -519,14 +536,15 @@ def _pipe_table(
     table: _Table,
     snapshot: str,
     ends: _PipeEnds,
-    progress: _Progress,
     masker: LineMasker | None = None,
 ) -> int:
-    """Copy one table's rows between two psql processes (C speed; this thread relays
-    1 MB blocks and counts them); returns the rows the target took.
+    """Copy one table's rows between two psql processes; returns the rows the target
+    took.
 
-    Binary COPY, or with a ``masker`` text COPY whose rows are masked block by block in
-    the relay, before the target receives them.
+    Binary COPY through a pipe from one process to the other: the rows never pass
+    through Python (a relay thread cost about 10% more CPU, in system time). With a
+    ``masker``, text COPY whose rows this thread masks block by block before the target
+    receives them.
     """
     src_info, src_env, src_dsn = ends.source
     dst_info, dst_env, dst_dsn = ends.target
@@ -578,25 +596,26 @@ def _pipe_table(
             "-d",
             dst_info,
         ],
-        stdin=subprocess.PIPE,
+        stdin=subprocess.PIPE if masker is not None else reader.stdout,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dst_env,
     )
     assert reader.stdout is not None
-    assert writer.stdin is not None
-    try:
-        source_fd = reader.stdout.fileno()
-        while block := os.read(source_fd, _RELAY_CHUNK):
-            progress.add(len(block))
-            writer.stdin.write(block if masker is None else masker.feed(block))
-        if masker is not None:
+    if masker is None:
+        reader.stdout.close()  # the writer's now: the reader sees a broken pipe if it dies
+    else:
+        assert writer.stdin is not None
+        try:
+            source_fd = reader.stdout.fileno()
+            while block := os.read(source_fd, _RELAY_CHUNK):
+                writer.stdin.write(masker.feed(block))
             masker.close()
-    except BrokenPipeError:
-        pass  # the writer failed; its stderr says why
-    finally:
-        writer.stdin.close()
-        reader.stdout.close()
+        except BrokenPipeError:
+            pass  # the writer failed; its stderr says why
+        finally:
+            writer.stdin.close()
+            reader.stdout.close()
     reader_err = reader.stderr.read().decode(errors="replace") if reader.stderr else ""
     assert writer.stdout is not None
     assert writer.stderr is not None
@@ -655,6 +674,7 @@ def copy_database(
     bindir = Path(plan.tools)
     src_conninfo, src_env = _tool_env(source_dsn, read_only=True)
     new_conninfo, new_env = _tool_env(new_dsn)
+    new_env["PGOPTIONS"] = f"-c maintenance_work_mem={load_settings().sync_maintenance_work_mem}"
     factory = MaskerFactory(salt.get_secret_value().encode()) if rules and salt else None
     if rules is not None and factory is None:
         raise ConfigurationError("sanitization rules need a salt secret")
@@ -680,10 +700,19 @@ def copy_database(
                 columns=list(cols or []),
                 unique_columns=list(uniq or []),
                 max_lengths=dict(lengths or {}),
+                own_autovacuum=bool(own_autovacuum),
             )
-            for s, n, b, root, cols, uniq, lengths in snap.execute(_TABLES)
+            for s, n, b, root, cols, uniq, lengths, own_autovacuum in snap.execute(_TABLES)
         ]
-        owners = {int(o): str(t) for o, t in snap.execute(_OWNERS)}
+        post_objects = {
+            int(oid): PostDataObject(
+                table=str(table),
+                cost=index_cost(int(size or 0), str(am or "")),
+                references=None if ref is None else str(ref),
+                requires=None if requires is None else int(requires),
+            )
+            for oid, table, size, am, ref, requires in snap.execute(_POST_DATA_OBJECTS)
+        }
         matviews = [(str(s), str(n)) for s, n in snap.execute(_MATVIEWS)]
         sequences = read_sequences(snap)
         objects = read_objects(snap)
@@ -740,7 +769,7 @@ def copy_database(
                 "reading the dump's table of contents",
             )
         )
-        post = plan_post_data(toc, owners, [t.key for t in tables])
+        post = plan_post_data(toc, post_objects, [t.key for t in tables])
         with connect_for_writing(new_dsn, production, autocommit=True) as conn:
             for name, (value, called) in sequences.items():
                 schema, seq = name.split(".", 1)
@@ -748,33 +777,41 @@ def copy_database(
                     "SELECT setval(%s::regclass, %s, %s)",
                     (sql.Identifier(schema, seq).as_string(conn), value, called),
                 )
+            for table in tables:
+                if not table.own_autovacuum:
+                    # Autovacuum would visit each table the moment its rows commit, and
+                    # hold a lock the index builds wait for; ANALYZE runs anyway once
+                    # the table is built, and then this is reset.
+                    conn.execute(
+                        sql.SQL(
+                            "ALTER TABLE {} SET (autovacuum_enabled = off, "
+                            "toast.autovacuum_enabled = off)"
+                        ).format(table.ident)
+                    )
         phase("schema (pg_dump --schema-only, pre-data restore, sequences)", started)
 
-        # --- rows, with each table's own indexes built right after it is loaded ---
+        # --- rows; each table's indexes, keys, foreign keys and statistics as soon as
+        # --- what they need is in, beside the loads of the other tables ---
         started = time.perf_counter()
-        progress = _Progress()
         rows: dict[str, int] = {}
-        ready: list[str] = []
-        ready_lock = threading.Lock()
-        loading_done = threading.Event()
+        loaded: dict[str, int] = {}
+        by_key = {t.key: t for t in tables}
+        pending = [by_key[k] for k in load_order({t.key: t.bytes for t in tables}, post)]
+        queue = PostDataQueue(post)
+        pipe_ends = _PipeEnds(
+            source=(src_conninfo, src_env, source_dsn), target=(new_conninfo, new_env, new_dsn)
+        )
+        # Below this estimate an index is batched with other cheap ones into one
+        # pg_restore: a process and a connection per tiny index would cost more.
+        small = index_cost(8 << 20, "btree")
         built: list[str] = []
+        builds = 0
 
-        def load_worker(queue: list[_Table]) -> None:
-            # The session quotes the COPY statements (and holds the snapshot open too).
-            with source_session(source_dsn, snapshot) as src:
-                while True:
-                    with ready_lock:
-                        if not queue:
-                            return
-                        table = queue.pop(0)
-                    masker = _masker_for(table, rules, factory, unique_providers)
-                    loaded[table.key] = _pipe_table(
-                        bindir, src, table, snapshot, pipe_ends, progress, masker
-                    )
-                    with ready_lock:
-                        ready.append(table.key)
+        def load(src: psycopg.Connection[Any], table: _Table) -> int:
+            masker = _masker_for(table, rules, factory, unique_providers)
+            return _pipe_table(bindir, src, table, snapshot, pipe_ends, masker)
 
-        def count_worker() -> None:
+        def count_rows() -> None:
             # The reference row counts: read under the same snapshot, not taken from the
             # streams, while the load runs (reading is cheap next to writing).
             with source_session(source_dsn, snapshot) as src:
@@ -784,84 +821,113 @@ def copy_database(
                     ).fetchone()
                     rows[table.key] = int(row[0]) if row else -1
 
-        def build_worker() -> None:
-            while True:
-                with ready_lock:
-                    batch = [t for t in ready if t in post.per_table]
-                    ready.clear()
-                if not batch:
-                    if loading_done.is_set():
-                        return
-                    time.sleep(0.05)
-                    continue
-                entries = [e for t in batch for e in post.per_table.pop(t)]
-                listing = Path(workdir) / f"build-{len(built)}.list"
-                listing.write_text(toc_list(entries))
-                _run_tool(
-                    # -j: a loaded table's indexes build side by side (measured: 7.3 -> 6.3 s
-                    # on 0.4 GB with -j1 -> -j2).
-                    [*restore, f"--jobs={jobs}", f"--use-list={listing}", archive],
-                    new_env,
-                    new_dsn,
-                    "building indexes of " + ", ".join(batch),
-                )
-                built.extend(batch)
+        def build(job: PostDataJob, number: int) -> None:
+            if job.analyze is not None:
+                table = by_key[job.analyze]
+                with connect_for_writing(new_dsn, production, autocommit=True) as conn:
+                    conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
+                    if not table.own_autovacuum:
+                        conn.execute(
+                            sql.SQL(
+                                "ALTER TABLE {} RESET (autovacuum_enabled, "
+                                "toast.autovacuum_enabled)"
+                            ).format(table.ident)
+                        )
+                return
+            listing = Path(workdir) / f"build-{number}.list"
+            listing.write_text(toc_list(job.entries))
+            _run_tool(
+                [*restore, f"--use-list={listing}", archive],
+                new_env,
+                new_dsn,
+                "building " + ", ".join(_toc_name(e) for e in job.entries)[:300],
+            )
 
-        pending = list(tables)  # largest first
-        loaded: dict[str, int] = {}
-        pipe_ends = _PipeEnds(
-            source=(src_conninfo, src_env, source_dsn), target=(new_conninfo, new_env, new_dsn)
-        )
-        with ThreadPoolExecutor(max_workers=jobs + 2, thread_name_prefix="sync") as pool:
-            loaders = [pool.submit(load_worker, pending) for _ in range(max(1, jobs))]
-            loaders.append(pool.submit(count_worker))
-            builder = pool.submit(build_worker)
+        # Source sessions of the load slots: they quote the COPY statements and hold the
+        # snapshot open; one per slot, reused table after table.
+        with (
+            connect(target_dsn, autocommit=True) as monitor,
+            ExitStack() as sessions,
+            ThreadPoolExecutor(max_workers=2 * jobs + 1, thread_name_prefix="sync") as pool,
+        ):
+            idle_sessions = [
+                sessions.enter_context(source_session(source_dsn, snapshot))
+                for _ in range(max(1, jobs))
+            ]
+            running: dict[Future[Any], tuple[str, Any]] = {pool.submit(count_rows): ("count", None)}
+            last_progress = -1.0
             try:
-                _wait_reporting(loaders, progress, total_bytes, progress_artifact_id)
-            finally:
-                loading_done.set()  # also on failure, or the builder would wait forever
-            _wait_reporting([builder], progress, total_bytes, progress_artifact_id)
-        phase("rows (parallel binary COPY + indexes of loaded tables)", started, progress.bytes)
+                while True:
+                    while idle_sessions and pending:
+                        src, table = idle_sessions.pop(), pending.pop(0)
+                        running[pool.submit(load, src, table)] = ("load", (src, table))
+                    while sum(kind == "build" for kind, _ in running.values()) < jobs:
+                        job = queue.next_job(small)
+                        if job is None:
+                            break
+                        builds += 1
+                        running[pool.submit(build, job, builds)] = ("build", job)
+                    if not running:
+                        if not queue.done:  # a bug in the bookkeeping, not in the data
+                            raise DataError("post-data work was left unscheduled")
+                        break
+                    done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        kind, item = running.pop(future)
+                        result = future.result()  # the first failure stops the copy
+                        if kind == "load":
+                            src, table = item
+                            loaded[table.key] = result
+                            idle_sessions.append(src)
+                            queue.loaded(table.key)
+                        elif kind == "build":
+                            queue.finished(item)
+                            built.extend(_toc_name(e) for e in item.entries)
+                    if progress_artifact_id is not None and total_bytes > 0:
+                        copied = sum(by_key[k].bytes for k in loaded)
+                        copied += _bytes_in_flight(monitor, names.new)
+                        percent = round(min(99.0, 100.0 * copied / total_bytes), 1)
+                        if percent != last_progress:
+                            update_progress_artifact(progress_artifact_id, percent)
+                            last_progress = percent
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+        phase(
+            "rows (parallel binary COPY; indexes, keys, foreign keys, ANALYZE of loaded tables)",
+            started,
+            total_bytes,
+        )
         short = {k: (n, loaded.get(k)) for k, n in rows.items() if loaded.get(k) != n}
         if short:
             raise DataError(f"rows sent differ from the source's counts: {short}")
         logger.info(
-            "Copied %d rows of %d tables (%.0f MB streamed); "
-            "indexes of %d tables built during the load",
+            "Copied %d rows of %d tables (%.0f MB); %d indexes, keys and foreign "
+            "keys built beside the load",
             sum(rows.values()),
             len(rows),
-            progress.bytes / 1e6,
+            total_bytes / 1e6,
             len(built),
         )
 
         started = time.perf_counter()
-        remaining = post.rest + [e for entries in post.per_table.values() for e in entries]
-        if remaining:
+        if post.rest:
             listing = Path(workdir) / "post-data.list"
-            listing.write_text(toc_list(remaining))
+            listing.write_text(toc_list(post.rest))
             _run_tool(
                 [*restore, f"--jobs={jobs}", f"--use-list={listing}", archive],
                 new_env,
                 new_dsn,
-                "restoring post-data (keys, foreign keys, triggers)",
+                "restoring the rest of post-data (triggers, partitioned indexes, rules)",
             )
         with connect_for_writing(new_dsn, production, autocommit=True) as conn:
             for schema, name in matviews:
-                conn.execute(
-                    sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(schema, name))
-                )
-        _run_tool(
-            [
-                str(bindir / "vacuumdb"),
-                "--analyze-only",
-                f"--jobs={jobs}",
-                f"--dbname={new_conninfo}",
-            ],
-            new_env,
-            new_dsn,
-            "ANALYZE",
-        )
-        phase("post-data (remaining indexes, foreign keys, triggers, matviews, ANALYZE)", started)
+                # As pg_restore does; ANALYZE too, as vacuumdb --analyze-only would.
+                ident = sql.Identifier(schema, name)
+                conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident))
+                conn.execute(sql.SQL("ANALYZE {}").format(ident))
+        phase("post-data (triggers, partitioned indexes, rules, materialized views)", started)
 
         source_checksums: dict[str, str] = {}
         if checksums:
@@ -890,6 +956,20 @@ def copy_database(
     )
 
 
+def _bytes_in_flight(conn: psycopg.Connection[Any], database: str) -> int:
+    """Bytes the target's running ``COPY ... FROM STDIN`` into ``database`` took so far."""
+    row = conn.execute(
+        "SELECT coalesce(sum(bytes_processed), 0) FROM pg_stat_progress_copy WHERE datname = %s",
+        (database,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _toc_name(entry: TocEntry) -> str:
+    """``INDEX public users_profile`` of a TOC line (kind, schema, name)."""
+    return " ".join(entry.line.split()[3:-1])
+
+
 def _masker_for(
     table: _Table, rules: Rules | None, factory: MaskerFactory | None, unique_providers: set[str]
 ) -> LineMasker | None:
@@ -906,24 +986,6 @@ def _masker_for(
                 max_length=table.max_lengths.get(column),
             )
     return LineMasker(maskers) if maskers else None
-
-
-def _wait_reporting(
-    futures: Sequence[Future[None]], progress: _Progress, total: int, artifact_id: UUID | None
-) -> None:
-    """Wait for ``futures`` (re-raising the first failure), updating the progress artifact."""
-    last = -1.0
-    while True:
-        done, not_done = wait(futures, timeout=1.0, return_when=FIRST_EXCEPTION)
-        for future in done:
-            future.result()
-        if artifact_id is not None and total > 0:
-            value = min(99.0, 100.0 * progress.bytes / total)
-            if value != last:
-                update_progress_artifact(artifact_id, value)
-                last = value
-        if not not_done:
-            return
 
 
 def _checksums(
