@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from binascii import hexlify
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from faker import Faker
@@ -28,7 +29,7 @@ from pydantic import BaseModel, Field
 from rsolv_staging.exceptions import ConfigurationError
 
 Strategy = Literal["fake", "hash", "null", "fixed", "keep"]
-POOL_SIZE = 1024
+POOL_SIZE = 1024  # a power of two
 _PERSONAL = re.compile(
     r"e_?mail|phone|mobile|(^|_)(first|last|full|user|display|given|family)?_?name$|"
     r"address|street|city|postal|zip|token|secret|password|ssn|birth",
@@ -142,7 +143,8 @@ class MaskerFactory:
 
     Keyed BLAKE2b (a MAC with the salt as key) picks the fake and makes the unique
     suffix: about 10x faster than ``hmac.new`` per value, which matters at millions of
-    rows; pool values are escaped and encoded once.
+    rows; pool values are escaped and encoded once; the keyed state is copied per value
+    (keying costs a compression). Columns with the same rule share one masker.
     """
 
     def __init__(self, salt: bytes) -> None:
@@ -150,6 +152,7 @@ class MaskerFactory:
             raise ConfigurationError("sanitization needs a non-empty salt")
         self._key = hashlib.blake2b(salt, digest_size=32).digest()
         self._pools: dict[str, list[str]] = {}
+        self._maskers: dict[tuple[str, str | None, str | None, bool, int | None], Masker] = {}
 
     def _digest(self, raw: bytes, namespace: str) -> bytes:
         return hashlib.blake2b(
@@ -167,6 +170,12 @@ class MaskerFactory:
 
     def masker(self, rule: Rule, *, unique: bool, max_length: int | None) -> Masker:
         """The masker of ``rule`` for a column (NULL stays NULL except for ``fixed``)."""
+        spec = (rule.strategy, rule.provider, rule.value, unique, max_length)
+        if spec not in self._maskers:
+            self._maskers[spec] = self._build(rule, unique=unique, max_length=max_length)
+        return self._maskers[spec]
+
+    def _build(self, rule: Rule, *, unique: bool, max_length: int | None) -> Masker:
         if rule.strategy == "keep":
             return lambda raw: raw
         if rule.strategy == "null":
@@ -175,57 +184,71 @@ class MaskerFactory:
             fixed = NULL if rule.value is None else escape(rule.value)
             return lambda raw: fixed
         limit = max_length or 10**6
-        key = self._key
+        size = POOL_SIZE - 1  # a power of two: 16 bits of MAC pick a pool value evenly
         if rule.strategy == "hash":
             width = min(64, limit)
+            keyed = hashlib.blake2b(key=self._key, person=b"hash", digest_size=32)
 
             def hashed(raw: bytes) -> bytes:
                 if raw == NULL:
                     return raw
-                digest = hashlib.blake2b(raw, key=key, person=b"hash", digest_size=32)
-                return digest.hexdigest()[:width].encode()
+                mac = keyed.copy()
+                mac.update(raw)
+                return mac.hexdigest()[:width].encode()
 
             return hashed
         provider = rule.provider or "word"
         person = ("fake:" + provider).encode()[:16]
-        size = POOL_SIZE
         if not unique:
             pool = [escape(v[:limit]) for v in self._pool(provider)]
+            keyed4 = hashlib.blake2b(key=self._key, person=person, digest_size=4)
 
             def fake(raw: bytes) -> bytes:
                 if raw == NULL:
                     return raw
-                digest = hashlib.blake2b(raw, key=key, person=person, digest_size=4).digest()
-                return pool[int.from_bytes(digest, "big") % size]
+                mac = keyed4.copy()
+                mac.update(raw)
+                digest = mac.digest()
+                return pool[(digest[2] << 8 | digest[3]) & size]
 
             return fake
         # Unique: a 64-bit keyed tag keeps distinct inputs distinct.
-        parts: list[tuple[bytes, bytes, int]] = []
+        parts: list[tuple[bytes, bytes]] = []
         for value in self._pool(provider):
             if provider == "email" and "@" in value:
                 local, domain = value.split("@", 1)
-                tail = escape("@" + domain)
-                parts.append((escape(local), b"." + b"%s" + tail, len(local)))
+                parts.append((escape(local) + b".", escape("@" + domain)))
             else:
-                parts.append((escape(value), b" %s", len(value)))
+                parts.append((escape(value) + b" ", b""))
+        keyed12 = hashlib.blake2b(key=self._key, person=person, digest_size=12)
+        longest = max(len(head) + len(tail) for head, tail in parts) + 16
 
         def fake_unique(raw: bytes) -> bytes:
             if raw == NULL:
                 return raw
-            digest = hashlib.blake2b(raw, key=key, person=person, digest_size=12).digest()
-            head, pattern, _ = parts[int.from_bytes(digest[:4], "big") % size]
-            suffix = pattern % digest[4:].hex().encode()
-            room = limit - len(suffix)
-            return (head[: max(1, room)] if len(head) > room else head) + suffix
+            mac = keyed12.copy()
+            mac.update(raw)
+            digest = mac.digest()
+            head, tail = parts[(digest[2] << 8 | digest[3]) & size]
+            tag = hexlify(digest[4:])
+            if longest <= limit:
+                return head + tag + tail
+            # A length limit: shorten the pool value, never the tag that keeps it unique.
+            suffix = head[-1:] + tag + tail
+            return head[:-1][: max(1, limit - len(suffix))] + suffix
 
         return fake_unique
 
 
 class LineMasker:
-    """Masks some fields of COPY text rows; feed it chunks, get whole rows back."""
+    """Masks the first fields of COPY text rows; feed it chunks, get whole rows back.
 
-    def __init__(self, maskers: Mapping[int, Masker]) -> None:
-        self._maskers = sorted(maskers.items())
+    The masked columns come first in the row (the COPY statements list them first), so
+    a row is split at its first few tabs only.
+    """
+
+    def __init__(self, maskers: Sequence[Masker]) -> None:
+        self._maskers = list(enumerate(maskers))
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -235,15 +258,15 @@ class LineMasker:
         self._pending = data[cut:]
         if not cut:
             return b""
+        maskers, count = self._maskers, len(self._maskers)
         out = []
-        last = self._maskers[-1][0] + 1 if self._maskers else 0
-        maskers = self._maskers
-        for line in data[:cut].split(b"\n")[:-1]:
-            fields = line.split(b"\t", last)  # the fields after the last masked one stay whole
+        for line in data[: cut - 1].split(b"\n"):
+            fields = line.split(b"\t", count)
             for index, mask in maskers:
                 fields[index] = mask(fields[index])
             out.append(b"\t".join(fields))
-        return b"\n".join(out) + b"\n"
+        out.append(b"")
+        return b"\n".join(out)
 
     def close(self) -> bytes:
         """The end of the stream: a partial row left over is an error."""

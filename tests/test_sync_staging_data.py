@@ -367,24 +367,61 @@ def test_side_database_names_must_fit_postgres_identifiers() -> None:
 
 def test_the_line_masker_keeps_copy_text_well_formed_across_chunks() -> None:
     """Rows split across chunks are masked whole; masked values are escaped; NULL stays
-    NULL; the same input gives the same output and a unique column stays unique."""
+    NULL; the same input gives the same output and a unique column stays unique; the
+    fields after the masked ones pass untouched, tabs and escapes included."""
     factory = MaskerFactory(b"salt")
     email = factory.masker(Rule(strategy="fake", provider="email"), unique=True, max_length=None)
     fixed = factory.masker(Rule(strategy="fixed", value="a\tb"), unique=False, max_length=None)
-    masker = LineMasker({1: email, 2: fixed})
-    out = masker.feed(b"1\tann@x.io\tsecret\n2\tbo") + masker.feed(b"b@x.io\t\\N\n")
+    masker = LineMasker([email, fixed])
+    out = masker.feed(b"ann@x.io\tsecret\t1\tx\\ty\nbo") + masker.feed(b"b@x.io\t\\N\t2\t\n")
     masker.close()
     rows = [line.split(b"\t") for line in out.splitlines()]
     assert len(rows) == 2
-    assert rows[0][2] == b"a\\tb"
+    assert rows[0][1] == b"a\\tb"
+    assert rows[0][2:] == [b"1", b"x\\ty"]
+    assert rows[1][2:] == [b"2", b""]
     assert b"ann@x.io" not in out
-    assert rows[0][1] != rows[1][1]
-    assert email(b"ann@x.io") == rows[0][1]
+    assert rows[0][0] != rows[1][0]
+    assert email(b"ann@x.io") == rows[0][0]
     assert email(b"\\N") == b"\\N"
-    partial = LineMasker({})
+    # One masked column: the row is cut at its first tab only.
+    single = LineMasker([email])
+    assert single.feed(b"ann@x.io\t7\n") == rows[0][0] + b"\t7\n"
+    partial = LineMasker([])
     assert partial.feed(b"no newline yet") == b""
     with pytest.raises(ValueError, match="middle of a row"):
         partial.close()
+
+
+def test_maskers_are_shared_by_columns_with_the_same_rule_and_keyed_by_the_salt() -> None:
+    """Same rule, same masker (a value and its foreign keys agree, also across runs);
+    another salt or uniqueness gives other values; a length limit keeps the unique tag."""
+    factory = MaskerFactory(b"salt")
+    rule = Rule(strategy="fake", provider="name")
+    name = factory.masker(rule, unique=False, max_length=None)
+    assert (
+        factory.masker(Rule(strategy="fake", provider="name"), unique=False, max_length=None)
+        is name
+    )
+    assert factory.masker(rule, unique=True, max_length=None) is not name
+    first = name(b"Ann Smith")
+    assert MaskerFactory(b"salt").masker(rule, unique=False, max_length=None)(b"Ann Smith") == first
+    others = MaskerFactory(b"pepper").masker(rule, unique=False, max_length=None)
+    assert [others(b"user %d" % i) for i in range(20)] != [name(b"user %d" % i) for i in range(20)]
+    hashed = factory.masker(Rule(strategy="hash"), unique=False, max_length=10)
+    assert len(hashed(b"token-1")) == 10
+    assert hashed(b"token-1") != hashed(b"token-2")
+    email = Rule(strategy="fake", provider="email")
+    short = factory.masker(email, unique=True, max_length=40)
+    long = factory.masker(email, unique=True, max_length=None)
+    values = [short(b"user%d@x.io" % i) for i in range(200)]
+    assert all(len(v.decode()) <= 40 for v in values)
+    assert len(set(values)) == 200
+    # Where the limit does not bite, the value is the same as without a limit.
+    assert [v for v in values if len(v) < 40] == [
+        long(b"user%d@x.io" % i) for i, v in enumerate(values) if len(v) < 40
+    ]
+    assert all(v.split(b"@")[0][-17:-16] == b"." for v in values)
 
 
 def test_personal_looking_columns_without_a_rule_are_listed() -> None:

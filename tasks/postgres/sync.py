@@ -536,7 +536,7 @@ def _pipe_table(
     table: _Table,
     snapshot: str,
     ends: _PipeEnds,
-    masker: LineMasker | None = None,
+    masking: tuple[list[str], LineMasker] | None = None,
 ) -> int:
     """Copy one table's rows between two psql processes; returns the rows the target
     took.
@@ -548,12 +548,16 @@ def _pipe_table(
     """
     src_info, src_env, src_dsn = ends.source
     dst_info, dst_env, dst_dsn = ends.target
+    masker = None if masking is None else masking[1]
     fmt = "binary" if masker is None else "text"
+    columns = table.column_list
+    if masking is not None:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in masking[0])
     out = sql.SQL("COPY (SELECT {} FROM ONLY {}) TO STDOUT (FORMAT {})").format(
-        table.column_list, table.ident, sql.SQL(fmt)
+        columns, table.ident, sql.SQL(fmt)
     )
     into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(
-        table.ident, table.column_list, sql.SQL(fmt)
+        table.ident, columns, sql.SQL(fmt)
     )
     psql = [str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1"]
     if masker is not None:
@@ -808,8 +812,8 @@ def copy_database(
         builds = 0
 
         def load(src: psycopg.Connection[Any], table: _Table) -> int:
-            masker = _masker_for(table, rules, factory, unique_providers)
-            return _pipe_table(bindir, src, table, snapshot, pipe_ends, masker)
+            masking = _masker_for(table, rules, factory, unique_providers)
+            return _pipe_table(bindir, src, table, snapshot, pipe_ends, masking)
 
         def count_rows() -> None:
             # The reference row counts: read under the same snapshot, not taken from the
@@ -972,20 +976,28 @@ def _toc_name(entry: TocEntry) -> str:
 
 def _masker_for(
     table: _Table, rules: Rules | None, factory: MaskerFactory | None, unique_providers: set[str]
-) -> LineMasker | None:
+) -> tuple[list[str], LineMasker] | None:
+    """The column order of a masked copy (masked columns first) and its masker; ``None``
+    when nothing in ``table`` is masked."""
     if rules is None or factory is None:
         return None
-    maskers = {}
-    for index, column in enumerate(table.columns):
+    masked: list[str] = []
+    maskers = []
+    for column in table.columns:
         # Rules name a partitioned table; its rows are copied partition by partition.
         rule = rules.columns.get(f"{table.root}.{column}")
         if rule is not None and rule.strategy != "keep":
-            maskers[index] = factory.masker(
-                rule,
-                unique=rule.provider in unique_providers,
-                max_length=table.max_lengths.get(column),
+            masked.append(column)
+            maskers.append(
+                factory.masker(
+                    rule,
+                    unique=rule.provider in unique_providers,
+                    max_length=table.max_lengths.get(column),
+                )
             )
-    return LineMasker(maskers) if maskers else None
+    if not masked:
+        return None
+    return masked + [c for c in table.columns if c not in masked], LineMasker(maskers)
 
 
 def _checksums(
