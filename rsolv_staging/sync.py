@@ -10,18 +10,23 @@ The copy method (measured in ``benchmarks/sync_staging_data.py``):
 2. ``pg_dump --schema-only`` (custom format, uncompressed: it is small) and
    ``pg_restore --section=pre-data`` into a fresh database beside the live one;
    sequences set to the snapshot's values;
-3. ``jobs`` parallel streams, largest tables first, each a binary
-   ``COPY ... TO STDOUT`` in one ``psql`` piped into ``TRUNCATE; COPY ... FROM STDIN
-   (FORMAT binary, FREEZE)`` in another. Python only relays 1 MB blocks: relaying row
-   by row through psycopg was 2.7x slower (4.1 s against 1.5 s for 2M rows). With
-   sanitization the stream is text and the relay masks whole blocks of rows;
-4. *while the other tables still load*, each loaded table's own indexes, primary keys
-   and unique constraints are built (``pg_restore -j -L`` of just those TOC entries):
-   index builds, the critical path of every restore, overlap the load instead of
-   following it;
-5. the rest of post-data (foreign keys, triggers, partitioned indexes, rules, policies)
-   with ``pg_restore -j``; materialized views refreshed (as ``pg_restore`` does);
-   ``vacuumdb --analyze-only``;
+3. ``jobs`` parallel streams, each a binary ``COPY ... TO STDOUT`` in one ``psql``
+   piped straight into ``TRUNCATE; COPY ... FROM STDIN (FORMAT binary, FREEZE)`` in
+   another: the rows never pass through Python (relaying them row by row through
+   psycopg was 2.7x slower). The table behind the longest load-then-build
+   chain loads first (a GIN index is the critical path of a 1 GB copy). With
+   sanitization the masked tables stream as text, masked columns first, and this
+   process masks whole blocks of rows between the two;
+4. *while the other tables still load*, one scheduler (:class:`PostDataQueue`) starts
+   each loaded table's indexes and keys (one ``pg_restore -L`` per costly index,
+   cheap ones batched), the costliest chain first and never two that would wait on
+   each other's table locks; a foreign key once both its tables are built; ``ANALYZE``
+   once a table's foreign keys are in. Autovacuum is paused on the new tables until
+   then (it would visit each table as its rows commit and hold locks the builds wait
+   for). Index builds run at ``maintenance_work_mem`` 16MB: 20-30% faster than 64MB
+   on the measuring machine (the sort stays in the CPU caches);
+5. the rest of post-data (triggers, partitioned indexes, rules, policies) with
+   ``pg_restore -j``; materialized views refreshed and analyzed;
 6. verification against facts read from the source under the same snapshot, then the
    swap by renames in one transaction.
 """

@@ -542,7 +542,7 @@ def _pipe_table(
     took.
 
     Binary COPY through a pipe from one process to the other: the rows never pass
-    through Python (a relay thread cost about 10% more CPU, in system time). With a
+    through Python. With a
     ``masker``, text COPY whose rows this thread masks block by block before the target
     receives them.
     """
