@@ -15,7 +15,9 @@ incl. foreign keys), then times, alternately, ``--repeat`` times each:
 * **flow + sanitization**: the same with users' email and name faked and the audit
   events' email hashed (``--no-sanitize`` skips it).
 
-It prints the median of each, the ratio, and the sanitization overhead.
+Before each timing both servers checkpoint and dirty pages are written out, so no run
+pays for the previous one's writeback. It prints the median of each, the ratio, and the
+sanitization overhead.
 
     .venv/bin/python benchmarks/sync_staging_data.py                  # ~6 min on 2 cores
     .venv/bin/python benchmarks/sync_staging_data.py --repeat 1 --gb 0.3
@@ -25,6 +27,7 @@ It prints the median of each, the ratio, and the sanitization overhead.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +40,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rsolv_staging.environments import topology_from_mapping
+from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
 from rsolv_staging.sanitize import parse_rules
 from tasks.postgres.sync import (
     copy_database,
@@ -188,17 +192,35 @@ def flow_copy(source: str, staging: PostgresServer, *, sanitize: bool, jobs: int
     return seconds
 
 
+def settle(*servers: PostgresServer) -> None:
+    """Start each timing from the same state: checkpoints done, dirty pages written (the
+    first run would otherwise pay for the writeback of the database just built)."""
+    for server in servers:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    os.sync()
+    time.sleep(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.1, help="approximate source size")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-sanitize", action="store_true")
+    parser.add_argument(
+        "--staging-settings",
+        action="store_true",
+        help="run the staging server with the settings provisioning gives it "
+        "(wal_level=minimal): both methods then write to that server",
+    )
     args = parser.parse_args()
 
     with PostgresFactory() as factory:
         production = factory.start("production")
-        staging = factory.start("staging")
+        staging = factory.start(
+            "staging", STAGING_POSTGRES_SETTINGS if args.staging_settings else None
+        )
         bindir = find_tools()[int(production.version.split(".")[0])]
         database = production.create_database("production")
         started = time.perf_counter()
@@ -218,6 +240,7 @@ def main() -> None:
             timings["flow + sanitization"] = []
         for round_ in range(1, args.repeat + 1):
             for name in timings:
+                settle(production, staging)
                 if name == "pg_dump | psql":
                     seconds = pg_dump_psql(bindir, database.dsn, staging)
                 else:

@@ -331,6 +331,13 @@ def secrets(topology: Topology, values: SecretValues) -> list[Manifest]:
     return out
 
 
+# Staging's server settings. Staging has no replicas and no point-in-time recovery (its
+# data is production's monthly copy or synthetic), so it keeps only the WAL needed for
+# crash recovery: with wal_level=minimal the sync's COPY into a table emptied in the
+# same transaction, and every index build, write no WAL at all.
+STAGING_POSTGRES_SETTINGS: dict[str, str] = {"wal_level": "minimal", "max_wal_senders": "0"}
+
+
 def database(topology: Topology) -> list[Manifest]:
     """Staging's own PostgreSQL: StatefulSet, Service and PVC at staging's size."""
     env = topology.staging
@@ -374,6 +381,11 @@ def database(topology: Topology) -> list[Manifest]:
                             {
                                 "name": "postgres",
                                 "image": db.image,
+                                "args": [
+                                    arg
+                                    for key, value in STAGING_POSTGRES_SETTINGS.items()
+                                    for arg in ("-c", f"{key}={value}")
+                                ],
                                 "ports": [{"name": "postgres", "containerPort": 5432}],
                                 "env": [
                                     {"name": "POSTGRES_DB", "value": db.name},

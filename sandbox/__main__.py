@@ -36,6 +36,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
 from sandbox.services import app_server, prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         # traverse the state directory's parents (e.g. a checkout in a private home).
         factory = stack.enter_context(PostgresFactory())
         production_pg = factory.start("production")
-        staging_pg = factory.start("staging")
+        staging_pg = factory.start("staging", STAGING_POSTGRES_SETTINGS)
         for server in (production_pg, staging_pg):
             with psycopg.connect(server.dsn, autocommit=True) as conn:
                 conn.execute("CREATE DATABASE rsolv")

@@ -106,6 +106,9 @@ def test_provision_creates_every_object_from_the_model(
     assert db is not None
     container = db["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    # No replicas, no PITR on staging: the sync's copy and index builds skip the WAL
+    # (the sandbox and the sync benchmark run a real server with the same arguments).
+    assert container["args"] == ["-c", "wal_level=minimal", "-c", "max_wal_senders=0"]
     ingress = cluster.get("networking.k8s.io/v1", "Ingress", "rsolv", "staging")
     assert ingress is not None
     assert [r["host"] for r in ingress["spec"]["rules"]] == [

@@ -102,6 +102,11 @@ CREATE TABLE app.events_2025 PARTITION OF app.events FOR VALUES FROM ('2025-01-0
 CREATE TABLE app.events_2026 PARTITION OF app.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 CREATE INDEX events_payload ON app.events (payload);
 CREATE TABLE app.audit (id bigserial PRIMARY KEY, what text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+-- Old-style inheritance: each table's own rows only, never its child's twice.
+CREATE TABLE app.notes (id int NOT NULL, body text);
+CREATE TABLE app.pinned_notes (pinned boolean NOT NULL DEFAULT true) INHERITS (app.notes);
+INSERT INTO app.notes VALUES (1, 'plain'), (2, 'plain');
+INSERT INTO app.pinned_notes (id, body) VALUES (3, 'pinned');
 CREATE FUNCTION app.log_order() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO app.audit (what) VALUES ('order ' || NEW.id); RETURN NEW; END $$;
 CREATE TRIGGER orders_audit AFTER INSERT ON app.orders FOR EACH ROW EXECUTE FUNCTION app.log_order();
@@ -750,7 +755,8 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     monkeypatch.setenv("RSOLV_SECRET_STAGING_DATABASE_ADMIN_DSN", pg_staging.dsn)
     report = sync_staging_data(database=live_name, environments_file=model, checksums=True)
     assert report.verification.ok
-    assert report.verification.rows == 15_000  # 2000 + 5000 + 3000 + 5000 audit rows
+    # 2000 + 5000 + 3000 + 5000 audit rows + 2 notes + 1 pinned note (counted once)
+    assert report.verification.rows == 15_003
     assert {p.name for p in report.phases} >= {"verification", "swap"}
     with get_client(sync_client=True) as client:
         artifacts = {

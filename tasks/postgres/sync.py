@@ -553,9 +553,9 @@ def _pipe_table(
     columns = table.column_list
     if masking is not None:
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in masking[0])
-    out = sql.SQL("COPY (SELECT {} FROM ONLY {}) TO STDOUT (FORMAT {})").format(
-        columns, table.ident, sql.SQL(fmt)
-    )
+    # COPY of a table (not of a query): a plain scan, and only this table's rows, never
+    # an inheritance child's (as SELECT ... FROM ONLY).
+    out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT {})").format(table.ident, columns, sql.SQL(fmt))
     into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(
         table.ident, columns, sql.SQL(fmt)
     )
