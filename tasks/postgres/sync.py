@@ -660,7 +660,8 @@ def copy_database(
         plan: From :func:`prepare_sync`.
         rules: Sanitization rules (masked in the stream, before the target sees a value).
         salt: Secret key of the deterministic maskers (needed with rules).
-        jobs: Parallel COPY streams and ``pg_restore -j``.
+        jobs: Parallel COPY streams, and post-data jobs (index builds, keys, ANALYZE)
+            running beside them.
         checksums: Also checksum every table on the source (verified after the copy).
         progress_artifact_id: A progress artifact to update while copying.
 
