@@ -184,7 +184,7 @@ class MaskerFactory:
             fixed = NULL if rule.value is None else escape(rule.value)
             return lambda raw: fixed
         limit = max_length or 10**6
-        size = POOL_SIZE - 1  # a power of two: 16 bits of MAC pick a pool value evenly
+        mask = POOL_SIZE - 1  # a power of two: 16 bits of MAC pick a pool value evenly
         if rule.strategy == "hash":
             width = min(64, limit)
             keyed = hashlib.blake2b(key=self._key, person=b"hash", digest_size=32)
@@ -209,7 +209,7 @@ class MaskerFactory:
                 mac = keyed4.copy()
                 mac.update(raw)
                 digest = mac.digest()
-                return pool[(digest[2] << 8 | digest[3]) & size]
+                return pool[(digest[2] << 8 | digest[3]) & mask]
 
             return fake
         # Unique: a 64-bit keyed tag keeps distinct inputs distinct.
@@ -229,7 +229,7 @@ class MaskerFactory:
             mac = keyed12.copy()
             mac.update(raw)
             digest = mac.digest()
-            head, tail = parts[(digest[2] << 8 | digest[3]) & size]
+            head, tail = parts[(digest[2] << 8 | digest[3]) & mask]
             tag = hexlify(digest[4:])
             if longest <= limit:
                 return head + tag + tail

@@ -542,9 +542,8 @@ def _pipe_table(
     took.
 
     Binary COPY through a pipe from one process to the other: the rows never pass
-    through Python. With a
-    ``masker``, text COPY whose rows this thread masks block by block before the target
-    receives them.
+    through Python. With ``masking`` (column order, masker), text COPY whose rows this
+    thread masks block by block before the target receives them.
     """
     src_info, src_env, src_dsn = ends.source
     dst_info, dst_env, dst_dsn = ends.target
@@ -783,16 +782,10 @@ def copy_database(
                     (sql.Identifier(schema, seq).as_string(conn), value, called),
                 )
             for table in tables:
-                if not table.own_autovacuum:
-                    # Autovacuum would visit each table the moment its rows commit, and
-                    # hold a lock the index builds wait for; ANALYZE runs anyway once
-                    # the table is built, and then this is reset.
-                    conn.execute(
-                        sql.SQL(
-                            "ALTER TABLE {} SET (autovacuum_enabled = off, "
-                            "toast.autovacuum_enabled = off)"
-                        ).format(table.ident)
-                    )
+                # Autovacuum would visit each table the moment its rows commit, and hold
+                # a lock the index builds wait for; ANALYZE runs anyway once the table
+                # is built, and resumes it.
+                _pause_autovacuum(conn, table, paused=True)
         phase("schema (pg_dump --schema-only, pre-data restore, sequences)", started)
 
         # --- rows; each table's indexes, keys, foreign keys and statistics as soon as
@@ -831,13 +824,7 @@ def copy_database(
                 table = by_key[job.analyze]
                 with connect_for_writing(new_dsn, production, autocommit=True) as conn:
                     conn.execute(sql.SQL("ANALYZE {}").format(table.ident))
-                    if not table.own_autovacuum:
-                        conn.execute(
-                            sql.SQL(
-                                "ALTER TABLE {} RESET (autovacuum_enabled, "
-                                "toast.autovacuum_enabled)"
-                            ).format(table.ident)
-                        )
+                    _pause_autovacuum(conn, table, paused=False)
                 return
             listing = Path(workdir) / f"build-{number}.list"
             listing.write_text(toc_list(job.entries))
@@ -889,6 +876,8 @@ def copy_database(
                             queue.finished(item)
                             built.extend(_toc_name(e) for e in item.entries)
                     if progress_artifact_id is not None and total_bytes > 0:
+                        # Loaded tables count at their size on the source, running
+                        # COPYs at the bytes streamed so far: an estimate, capped at 99%.
                         copied = sum(by_key[k].bytes for k in loaded)
                         copied += _bytes_in_flight(monitor, names.new)
                         percent = round(min(99.0, 100.0 * copied / total_bytes), 1)
@@ -959,6 +948,19 @@ def copy_database(
         masked=plan.masked,
         unmasked_personal=plan.unmasked_personal,
     )
+
+
+def _pause_autovacuum(conn: psycopg.Connection[Any], table: _Table, *, paused: bool) -> None:
+    """Pause or resume autovacuum on a table of the copy; a table whose source sets
+    ``autovacuum_enabled`` itself keeps the source's setting throughout."""
+    if table.own_autovacuum:
+        return
+    statement = (
+        "ALTER TABLE {} SET (autovacuum_enabled = off, toast.autovacuum_enabled = off)"
+        if paused
+        else "ALTER TABLE {} RESET (autovacuum_enabled, toast.autovacuum_enabled)"
+    )
+    conn.execute(sql.SQL(statement).format(table.ident))
 
 
 def _bytes_in_flight(conn: psycopg.Connection[Any], database: str) -> int:
