@@ -313,7 +313,11 @@ class PostDataQueue:
         if table is not None and entry.desc != "INDEX":
             # The table's other builds wait for this one: it heads their chain.
             cost += max(
-                (self._cost.get(e.dump_id, 0.0) for e in self._ready if e is not entry),
+                (
+                    self._cost.get(e.dump_id, 0.0)
+                    for e in self._ready
+                    if e is not entry and self._table_of.get(e.dump_id) == table
+                ),
                 default=0.0,
             )
         return cost

@@ -345,6 +345,23 @@ def test_post_data_work_starts_without_lock_conflicts_longest_chain_first() -> N
     assert queue.done
 
 
+def test_a_key_is_put_ahead_only_of_its_own_tables_builds() -> None:
+    """A key constraint heads the chain of its own table's index builds, not of another
+    table's: with both tables loaded, the GIN build of accounts starts before the cheap
+    primary key of orders."""
+    plan = plan_post_data(parse_toc(_LISTING), _OBJECTS, ["app.accounts", "app.orders"])
+    queue = PostDataQueue(plan)
+    queue.loaded("app.accounts")
+    accounts_pkey = queue.next_job(small=0)
+    assert accounts_pkey is not None
+    assert [e.oid for e in accounts_pkey.entries] == [16392]
+    queue.finished(accounts_pkey)
+    queue.loaded("app.orders")
+    first = queue.next_job(small=0)
+    assert first is not None
+    assert [e.oid for e in first.entries] == [16400]
+
+
 def test_cheap_builds_are_batched_into_one_restore() -> None:
     plan = plan_post_data(parse_toc(_LISTING), _OBJECTS, ["app.accounts", "app.orders"])
     queue = PostDataQueue(plan)
