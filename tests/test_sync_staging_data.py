@@ -107,6 +107,9 @@ CREATE TABLE app.notes (id int NOT NULL, body text);
 CREATE TABLE app.pinned_notes (pinned boolean NOT NULL DEFAULT true) INHERITS (app.notes);
 INSERT INTO app.notes VALUES (1, 'plain'), (2, 'plain');
 INSERT INTO app.pinned_notes (id, body) VALUES (3, 'pinned');
+-- Names that need quoting everywhere, incl. in psql's \\copy (a column named "to").
+CREATE TABLE app."Odd ""to"" Table" ("to" int NOT NULL, "from to" text);
+INSERT INTO app."Odd ""to"" Table" VALUES (1, 'a\tb'), (2, NULL);
 CREATE FUNCTION app.log_order() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO app.audit (what) VALUES ('order ' || NEW.id); RETURN NEW; END $$;
 CREATE TRIGGER orders_audit AFTER INSERT ON app.orders FOR EACH ROW EXECUTE FUNCTION app.log_order();
@@ -196,13 +199,14 @@ def snapshot_of(dsn: str) -> dict[str, Any]:
     """Row checksums of every table, sequence values and matview contents."""
     tables = query(
         dsn,
-        "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = 'app' ORDER BY 1, 2",
+        "SELECT tablename, format('%I.%I', schemaname, tablename) FROM pg_tables"
+        " WHERE schemaname = 'app' ORDER BY 1",
     )
     state: dict[str, Any] = {}
-    for schema, table in tables:
+    for table, quoted in tables:
         state[table] = query(
             dsn,
-            f'SELECT count(*), sum(hashtextextended(t::text, 0)::numeric) FROM "{schema}"."{table}" t',
+            f"SELECT count(*), sum(hashtextextended(t::text, 0)::numeric) FROM {quoted} t",
         )
     state["invoice_no"] = query(dsn, "SELECT last_value, is_called FROM app.invoice_no")
     state["totals"] = query(dsn, "SELECT count(*), sum(total) FROM app.totals")
@@ -541,6 +545,28 @@ def test_a_target_that_is_the_source_is_refused_and_nothing_is_written(
     assert (databases(pg_production), databases(pg_staging)) == before
 
 
+def test_verification_catches_a_copy_that_lost_rows_and_staging_stays_as_it_was(
+    source: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """The reference counts are the source's (its COPY under the snapshot): rows lost in
+    the new database after the load fail verification, naming the table, and the live
+    database keeps serving the previous copy."""
+    sync(source, pg_staging, production_model, live_name)
+    before = query(pg_staging.dsn_for(live_name), "SELECT count(*) FROM app.orders")
+    src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
+    plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+    result = copy_database.fn(src, dst, production_model, plan)
+    assert result.facts.rows["app.orders"] == 5000
+    with psycopg.connect(pg_staging.dsn_for(plan.new), autocommit=True) as conn:
+        conn.execute("DELETE FROM app.orders WHERE id <= 3")
+    with pytest.raises(DataError, match=r"app\.orders.*5000.*4997|app\.orders.*4997.*5000"):
+        verify_copy.fn(dst, plan, result)
+    assert query(pg_staging.dsn_for(live_name), "SELECT count(*) FROM app.orders") == before
+
+
 def test_a_copy_killed_during_restore_leaves_staging_serving_old_data(
     source: PostgresDatabase,
     pg_staging: PostgresServer,
@@ -773,7 +799,8 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     report = sync_staging_data(database=live_name, environments_file=model, checksums=True)
     assert report.verification.ok
     # 2000 + 5000 + 3000 + 5000 audit rows + 2 notes + 1 pinned note (counted once)
-    assert report.verification.rows == 15_003
+    # + 2 odd rows
+    assert report.verification.rows == 15_005
     assert {p.name for p in report.phases} >= {"verification", "swap"}
     with get_client(sync_client=True) as client:
         artifacts = {

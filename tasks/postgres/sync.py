@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -528,6 +529,8 @@ class _PipeEnds:
 
 
 _RELAY_CHUNK = 1 << 20
+# psql's command tag of a finished COPY: rows sent (reader) or taken (writer).
+_COPY_TAG = re.compile(r"^COPY (\d+)$", re.MULTILINE)
 
 
 def _pipe_table(
@@ -537,9 +540,9 @@ def _pipe_table(
     snapshot: str,
     ends: _PipeEnds,
     masking: tuple[list[str], LineMasker] | None = None,
-) -> int:
-    """Copy one table's rows between two psql processes; returns the rows the target
-    took.
+) -> tuple[int, int]:
+    """Copy one table's rows between two psql processes; returns the rows the source
+    sent (its ``COPY`` count under the snapshot) and the rows the target took.
 
     Binary COPY through a pipe from one process to the other: the rows never pass
     through Python. With ``masking`` (column order, masker), text COPY whose rows this
@@ -553,8 +556,12 @@ def _pipe_table(
     if masking is not None:
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in masking[0])
     # COPY of a table (not of a query): a plain scan, and only this table's rows, never
-    # an inheritance child's (as SELECT ... FROM ONLY).
-    out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT {})").format(table.ident, columns, sql.SQL(fmt))
+    # an inheritance child's (as SELECT ... FROM ONLY). psql's \copy to pstdout with the
+    # command tags sent to stderr (-o): the source's "COPY n" is the reference count of
+    # the verification, without scanning production a second time.
+    out = sql.SQL("\\copy {} ({}) to pstdout (format {})").format(
+        table.ident, columns, sql.SQL(fmt)
+    )
     into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(
         table.ident, columns, sql.SQL(fmt)
     )
@@ -568,7 +575,8 @@ def _pipe_table(
     reader = subprocess.Popen(
         [
             *psql,
-            "-q",
+            "-o",
+            "/dev/stderr",
             "-c",
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             "-c",
@@ -631,10 +639,11 @@ def _pipe_table(
             + _redact(writer_err.decode(errors="replace").strip(), dst_dsn)
         )
         raise DataError(f"copying {table.key} failed: {detail.strip()[-2000:]}")
-    for line in writer_out.decode().splitlines():
-        if line.startswith("COPY "):
-            return int(line.split()[1])
-    raise DataError(f"copying {table.key}: psql reported no row count")
+    sent = _COPY_TAG.findall(reader_err)
+    took = _COPY_TAG.findall(writer_out.decode())
+    if not sent or not took:
+        raise DataError(f"copying {table.key}: psql reported no row count")
+    return int(sent[-1]), int(took[-1])
 
 
 @task(cache_policy=NO_CACHE, task_run_name="copy_database-{plan.new}")
@@ -805,19 +814,9 @@ def copy_database(
         built: list[str] = []
         builds = 0
 
-        def load(src: psycopg.Connection[Any], table: _Table) -> int:
+        def load(src: psycopg.Connection[Any], table: _Table) -> tuple[int, int]:
             masking = _masker_for(table, rules, factory, unique_providers)
             return _pipe_table(bindir, src, table, snapshot, pipe_ends, masking)
-
-        def count_rows() -> None:
-            # The reference row counts: read under the same snapshot, not taken from the
-            # streams, while the load runs (reading is cheap next to writing).
-            with source_session(source_dsn, snapshot) as src:
-                for table in tables:
-                    row = src.execute(
-                        sql.SQL("SELECT count(*) FROM ONLY {}").format(table.ident)
-                    ).fetchone()
-                    rows[table.key] = int(row[0]) if row else -1
 
         def build(job: PostDataJob, number: int) -> None:
             if job.analyze is not None:
@@ -846,7 +845,7 @@ def copy_database(
                 sessions.enter_context(source_session(source_dsn, snapshot))
                 for _ in range(max(1, jobs))
             ]
-            running: dict[Future[Any], tuple[str, Any]] = {pool.submit(count_rows): ("count", None)}
+            running: dict[Future[Any], tuple[str, Any]] = {}
             last_progress = -1.0
             try:
                 while True:
@@ -869,7 +868,9 @@ def copy_database(
                         result = future.result()  # the first failure stops the copy
                         if kind == "load":
                             src, table = item
-                            loaded[table.key] = result
+                            # The source's count under the snapshot is the reference
+                            # the new database is recounted against (verify_copy).
+                            rows[table.key], loaded[table.key] = result
                             idle_sessions.append(src)
                             queue.loaded(table.key)
                         elif kind == "build":
@@ -895,7 +896,7 @@ def copy_database(
         )
         short = {k: (n, loaded.get(k)) for k, n in rows.items() if loaded.get(k) != n}
         if short:
-            raise DataError(f"rows sent differ from the source's counts: {short}")
+            raise DataError(f"rows the target took differ from the rows the source sent: {short}")
         logger.info(
             "Copied %d rows of %d tables (%.0f MB); %d indexes, keys and foreign "
             "keys built beside the load",
