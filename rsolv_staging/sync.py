@@ -34,7 +34,7 @@ The copy method (measured in ``benchmarks/sync_staging_data.py``):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
@@ -246,6 +246,21 @@ def load_order(table_bytes: Mapping[str, int], plan: PostDataPlan) -> list[str]:
         return table_bytes[table] + max(builds, default=0.0)
 
     return sorted(table_bytes, key=lambda t: (-chain(t), t))
+
+
+def next_load(pending: Sequence[str], masked: Collection[str], *, masking: bool) -> int:
+    """Index in ``pending`` (in :func:`load_order`) of the table to load next.
+
+    Masking runs in Python, one thread at a time (the GIL): while a masked table loads
+    (``masking``), a second masked one beside it would slow both, and the first is often
+    on the critical path (its indexes wait for it). The first unmasked table goes next
+    then; the order is kept otherwise.
+    """
+    if masking:
+        for index, table in enumerate(pending):
+            if table not in masked:
+                return index
+    return 0
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from rsolv_staging.sync import (
     choose_tools,
     index_cost,
     load_order,
+    next_load,
     parse_toc,
     parse_tool_version,
     plan_post_data,
@@ -364,6 +365,18 @@ def test_a_key_is_put_ahead_only_of_its_own_tables_builds() -> None:
     first = queue.next_job(small=0)
     assert first is not None
     assert [e.oid for e in first.entries] == [16400]
+
+
+def test_a_masked_table_does_not_load_beside_another_while_an_unmasked_one_waits() -> None:
+    pending = ["app.users", "app.audit", "app.findings", "app.scans"]
+    masked = {"app.users", "app.audit"}
+    # Nothing masked loading: the load order stands.
+    assert next_load(pending, masked, masking=False) == 0
+    # A masked table loading: the first unmasked table is taken out of turn ...
+    assert next_load(pending[1:], masked, masking=True) == 1
+    # ... and a masked one still goes when nothing else is left.
+    assert next_load(["app.audit"], masked, masking=True) == 0
+    assert next_load(["app.scans", "app.audit"], masked, masking=True) == 0
 
 
 def test_cheap_builds_are_batched_into_one_restore() -> None:

@@ -61,6 +61,7 @@ from rsolv_staging.sync import (
     index_cost,
     load_order,
     major_of,
+    next_load,
     parse_toc,
     parse_tool_version,
     plan_post_data,
@@ -814,9 +815,16 @@ def copy_database(
         built: list[str] = []
         builds = 0
 
+        maskings = {t.key: _masker_for(t, rules, factory, unique_providers) for t in tables}
+
         def load(src: psycopg.Connection[Any], table: _Table) -> tuple[int, int]:
-            masking = _masker_for(table, rules, factory, unique_providers)
-            return _pipe_table(bindir, src, table, snapshot, pipe_ends, masking)
+            return _pipe_table(bindir, src, table, snapshot, pipe_ends, maskings[table.key])
+
+        masked = {key for key, masking in maskings.items() if masking is not None}
+
+        def take_next() -> _Table:
+            busy = any(kind == "load" and item[1].key in masked for kind, item in running.values())
+            return pending.pop(next_load([t.key for t in pending], masked, masking=busy))
 
         def build(job: PostDataJob, number: int) -> None:
             if job.analyze is not None:
@@ -850,7 +858,7 @@ def copy_database(
             try:
                 while True:
                     while idle_sessions and pending:
-                        src, table = idle_sessions.pop(), pending.pop(0)
+                        src, table = idle_sessions.pop(), take_next()
                         running[pool.submit(load, src, table)] = ("load", (src, table))
                     while sum(kind == "build" for kind, _ in running.values()) < jobs:
                         job = queue.next_job(small)
