@@ -532,6 +532,7 @@ class _PipeEnds:
 _RELAY_CHUNK = 1 << 20
 # psql's command tag of a finished COPY: rows sent (reader) or taken (writer).
 _COPY_TAG = re.compile(r"^COPY (\d+)$", re.MULTILINE)
+_TAG_LINES = re.compile(r"^(BEGIN|SET|COPY \d+)\n", re.MULTILINE)
 
 
 def _pipe_table(
@@ -635,7 +636,8 @@ def _pipe_table(
     writer.wait()
     if reader.wait() != 0 or writer.returncode != 0:
         detail = (
-            _redact(reader_err.strip(), src_dsn)
+            # Without the reader's command tags (-o /dev/stderr): only what went wrong.
+            _redact(_TAG_LINES.sub("", reader_err).strip(), src_dsn)
             + " "
             + _redact(writer_err.decode(errors="replace").strip(), dst_dsn)
         )
