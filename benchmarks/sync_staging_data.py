@@ -12,8 +12,8 @@ incl. foreign keys), then times, alternately, ``--repeat`` times each:
   ``copy_database``, ``verify_copy`` with row counts recounted on the copy, sequences and
   object counts, ``swap_database``), the same work a deployment run does minus Prefect's
   own bookkeeping;
-* **flow + sanitization**: the same with users' email and name faked and the audit
-  events' email hashed (``--no-sanitize`` skips it).
+* **flow + sanitization**: the same with users' email and name and the audit events'
+  email faked (``--no-sanitize`` skips it).
 
 Before each timing both servers checkpoint and dirty pages are written out, so no run
 pays for the previous one's writeback. It prints the median of each, the ratio, and the

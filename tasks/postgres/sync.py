@@ -818,11 +818,10 @@ def copy_database(
         builds = 0
 
         maskings = {t.key: _masker_for(t, rules, factory, unique_providers) for t in tables}
+        masked = {key for key, masking in maskings.items() if masking is not None}
 
         def load(src: psycopg.Connection[Any], table: _Table) -> tuple[int, int]:
             return _pipe_table(bindir, src, table, snapshot, pipe_ends, maskings[table.key])
-
-        masked = {key for key, masking in maskings.items() if masking is not None}
 
         def take_next() -> _Table:
             busy = any(kind == "load" and item[1].key in masked for kind, item in running.values())
