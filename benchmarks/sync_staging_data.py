@@ -16,8 +16,11 @@ incl. foreign keys), then times, alternately, ``--repeat`` times each:
   email faked (``--no-sanitize`` skips it).
 
 Before each timing both servers checkpoint and dirty pages are written out, so no run
-pays for the previous one's writeback. It prints the median of each, the ratio, and the
-sanitization overhead.
+pays for the previous one's writeback, and each round starts with the next method (a
+method never always runs right after the same other one). It prints the median of each,
+the ratio, the sanitization overhead, and the CPU seconds the machine was busy per run
+(both servers and every tool: on a 2-core machine the flow is bound by CPU, not by its
+critical path, so this is what any further speed-up has to remove).
 
     .venv/bin/python benchmarks/sync_staging_data.py                  # ~6 min on 2 cores
     .venv/bin/python benchmarks/sync_staging_data.py --repeat 1 --gb 0.3
@@ -192,6 +195,17 @@ def flow_copy(source: str, staging: PostgresServer, *, sanitize: bool, jobs: int
     return seconds
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds this machine has spent busy so far (Linux), or NaN."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:8]]
+    except OSError:
+        return float("nan")
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def settle(*servers: PostgresServer) -> None:
     """Start each timing from the same state: checkpoints done, dirty pages written (the
     first run would otherwise pay for the writeback of the database just built)."""
@@ -238,22 +252,33 @@ def main() -> None:
         timings: dict[str, list[float]] = {"pg_dump | psql": [], "flow": []}
         if not args.no_sanitize:
             timings["flow + sanitization"] = []
+        cpu: dict[str, list[float]] = {name: [] for name in timings}
+        names = list(timings)
         for round_ in range(1, args.repeat + 1):
-            for name in timings:
+            shift = (round_ - 1) % len(names)
+            for name in names[shift:] + names[:shift]:
                 settle(production, staging)
+                busy = busy_cpu_seconds()
                 if name == "pg_dump | psql":
                     seconds = pg_dump_psql(bindir, database.dsn, staging)
                 else:
                     seconds = flow_copy(
                         database.dsn, staging, sanitize="sanit" in name, jobs=args.jobs
                     )
+                cpu[name].append(busy_cpu_seconds() - busy)
                 timings[name].append(seconds)
-                print(f"  round {round_}: {name}: {seconds:.1f} s", flush=True)
+                print(
+                    f"  round {round_}: {name}: {seconds:.1f} s, {cpu[name][-1]:.1f} CPU-s",
+                    flush=True,
+                )
         medians = {name: statistics.median(values) for name, values in timings.items()}
         print()
         for name, median in medians.items():
             runs = ", ".join(f"{v:.1f}" for v in timings[name])
-            print(f"{name:>22}: median {median:6.1f} s  (runs: {runs})")
+            print(
+                f"{name:>22}: median {median:6.1f} s, "
+                f"{statistics.median(cpu[name]):5.1f} CPU-s  (runs: {runs})"
+            )
         baseline = medians["pg_dump | psql"]
         print(f"{'speed-up':>22}: {baseline / medians['flow']:.2f}x (pg_dump | psql / flow)")
         if "flow + sanitization" in medians:
