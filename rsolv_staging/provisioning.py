@@ -338,6 +338,22 @@ def secrets(topology: Topology, values: SecretValues) -> list[Manifest]:
 STAGING_POSTGRES_SETTINGS: dict[str, str] = {"wal_level": "minimal", "max_wal_senders": "0"}
 
 
+def postgres_settings(memory_bytes: int) -> dict[str, str]:
+    """Staging's server settings in a container limited to ``memory_bytes``.
+
+    :data:`STAGING_POSTGRES_SETTINGS`, and memory sized to the limit: the image's
+    defaults (128MB of shared buffers, a 4GB cache estimate) ignore it, which wastes a
+    large container and overcommits a small one. The usual split: a quarter for shared
+    buffers, three quarters as the planner's estimate of what the OS caches.
+    """
+    mib = memory_bytes // 2**20
+    return {
+        **STAGING_POSTGRES_SETTINGS,
+        "shared_buffers": f"{max(1, mib // 4)}MB",
+        "effective_cache_size": f"{max(1, mib * 3 // 4)}MB",
+    }
+
+
 def database(topology: Topology) -> list[Manifest]:
     """Staging's own PostgreSQL: StatefulSet, Service and PVC at staging's size."""
     env = topology.staging
@@ -383,7 +399,9 @@ def database(topology: Topology) -> list[Manifest]:
                                 "image": db.image,
                                 "args": [
                                     arg
-                                    for key, value in STAGING_POSTGRES_SETTINGS.items()
+                                    for key, value in postgres_settings(
+                                        db.resources.memory_bytes
+                                    ).items()
                                     for arg in ("-c", f"{key}={value}")
                                 ],
                                 "ports": [{"name": "postgres", "containerPort": 5432}],

@@ -12,11 +12,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.provision import ARTIFACT_KEY, ProvisionReport, provision_staging
-from rsolv_staging.environments import default_topology
+from rsolv_staging.environments import default_topology, topology_from_mapping
 from rsolv_staging.exceptions import GuardError, PermissionDenied, SecretError
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.kube_emulator import KubeEmulator
-from rsolv_staging.provisioning import object_key, staging_objects
+from rsolv_staging.provisioning import database, object_key, staging_objects
 from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects, retrying
 from tasks.manifests import DEPLOYMENTS, render
@@ -107,8 +107,18 @@ def test_provision_creates_every_object_from_the_model(
     container = db["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
     # No replicas, no PITR on staging: the sync's copy and index builds skip the WAL
-    # (the sandbox and the sync benchmark run a real server with the same arguments).
-    assert container["args"] == ["-c", "wal_level=minimal", "-c", "max_wal_senders=0"]
+    # (the sandbox and the sync benchmark run a real server with the same WAL arguments);
+    # memory sized to the container's 1Gi limit, not the image's defaults.
+    assert container["args"] == [
+        "-c",
+        "wal_level=minimal",
+        "-c",
+        "max_wal_senders=0",
+        "-c",
+        "shared_buffers=256MB",
+        "-c",
+        "effective_cache_size=768MB",
+    ]
     ingress = cluster.get("networking.k8s.io/v1", "Ingress", "rsolv", "staging")
     assert ingress is not None
     assert [r["host"] for r in ingress["spec"]["rules"]] == [
@@ -333,3 +343,18 @@ def test_guard_refuses_objects_aimed_at_production() -> None:
     assert "references production secret 'prod-tls'" in message
     assert "ConfigMap/staging/app points at production host 'postgres.production'" in message
     assert "hunter2" not in message
+
+
+def test_staging_postgres_memory_follows_its_derived_limit() -> None:
+    """A bigger production database gives staging half of it, and staging's PostgreSQL
+    sizes its buffers to that limit (a quarter shared, three quarters cache estimate)."""
+    topology = topology_from_mapping(
+        {"production": {"database": {"resources": {"replicas": 1, "cpu": "2", "memory": "6Gi"}}}}
+    )
+    statefulset = next(m for m in database(topology) if m["kind"] == "StatefulSet")
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "3Gi"
+    args = dict(a.split("=", 1) for a in container["args"][1::2])
+    assert args["shared_buffers"] == "768MB"
+    assert args["effective_cache_size"] == "2304MB"
+    assert args["wal_level"] == "minimal"
