@@ -153,7 +153,13 @@ def deploy(
             try:
                 # smoke_test is an async flow: called from this sync flow it returns a
                 # coroutine that would never run unless driven to completion here.
-                run_coro_as_sync(smoke_test(environment=environment, checks_file=smoke_checks_file))
+                # The digests go with the run: promotion trusts a pass only for them.
+                tested = {app: str(ref) for app, ref in refs.items()}
+                run_coro_as_sync(
+                    smoke_test(
+                        environment=environment, checks_file=smoke_checks_file, images=tested
+                    )
+                )
             except SmokeTestFailed as exc:
                 reason = f"smoke tests failed after the rollout: {exc}"
     except Exception as exc:

@@ -6,7 +6,8 @@ RFC 002's "promote-to-prod" job (approval gate, deploy to production, health che
    ``RSOLV_FREEZE_WINDOWS_FILE``) unless an override reason is given, which is
    recorded; checked again after the decision, in case a freeze began meanwhile;
 2. check that staging runs exactly the digests being promoted, rolled out and ready,
-   and that staging's last smoke-test run passed;
+   and that staging's smoke tests passed for exactly these digests (the deploy flow's
+   smoke run records them; a newer failed run, or one that tested other digests, refuses);
 3. render the production overlay with the same digests (never rebuilt, never
    re-tagged) and ask the API server what would change (server-side dry run);
 4. pause for a decision (Prefect run input: approve/reject, approver, reason). The form
@@ -146,9 +147,14 @@ def promote_to_production(
             "only what staging runs can be promoted: "
             + ", ".join(f"{a} staging runs {current[a]}, asked {refs[a]}" for a in differing)
         )
-    smoke_passed, smoke_summary = read_last_smoke_run(staging.name)
+    smoke_passed, smoke_summary = read_last_smoke_run(
+        staging.name, {app: str(ref) for app, ref in refs.items()}
+    )
     if not smoke_passed:
-        raise PromotionRefused(f"staging's smoke tests have not passed ({smoke_summary})")
+        raise PromotionRefused(
+            f"staging's smoke tests have not passed for these digests ({smoke_summary}); "
+            "deploy them to staging with smoke tests first"
+        )
 
     # 3. What would change in production.
     root = Path(manifests_dir) if manifests_dir else DEPLOYMENTS

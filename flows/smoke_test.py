@@ -22,6 +22,10 @@ Parameters:
         verification itself can only be relaxed per check, in a staging file.
     environments_file: the environment model; default ``data/environments.yaml`` or
         ``$RSOLV_ENVIRONMENTS_FILE``.
+    images: app -> the image reference (``name@sha256:...``) under test. The deploy flow
+        passes the digests it rolled out; Prefect keeps them with the run's parameters,
+        and promote-to-production accepts a passing run as evidence only for the digests
+        it names (a run without ``images`` is a health check of whatever runs).
 
 Blocks and variables: none. Every check is an anonymous HTTPS request.
 
@@ -74,6 +78,7 @@ async def smoke_test(
     warmup_seconds: Annotated[float, Field(ge=0, le=1800)] = 60.0,
     ca_bundle: str | None = None,
     environments_file: str | None = None,
+    images: dict[str, str] | None = None,
 ) -> SmokeReport:
     """Check the environment's endpoints; fail on any failed critical check.
 
@@ -87,12 +92,16 @@ async def smoke_test(
             starting (connection errors, 502, 503, 504).
         ca_bundle: Extra CA certificates (PEM file) to trust; verification stays on.
         environments_file: The environment model; default data/environments.yaml.
+        images: App -> image reference under test (the deploy flow passes the digests
+            it rolled out); recorded with the run, the evidence promotion looks for.
     """
     logger = get_run_logger()
     topology = load_topology(Path(environments_file) if environments_file else None)
     suite = load_checks(Path(checks_file) if checks_file else default_checks_file(environment))
     checks = render_checks(suite, topology.environment(environment))
 
+    if images:
+        logger.info("testing %s", ", ".join(f"{a}={r}" for a, r in sorted(images.items())))
     started = time.perf_counter()
     results = await run_checks(
         checks,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, cast
 from uuid import UUID
 
@@ -43,16 +44,20 @@ def read_approvers() -> list[str]:
 
 
 @task(name="read-last-smoke-run", cache_policy=NO_CACHE, task_run_name="last-smoke-{environment}")
-def read_last_smoke_run(environment: str) -> tuple[bool, str]:
-    """Whether the newest finished smoke-test run for ``environment`` passed, and a summary.
+def read_last_smoke_run(environment: str, images: Mapping[str, str]) -> tuple[bool, str]:
+    """Whether ``environment``'s smoke tests passed for exactly ``images``, and why.
 
-    Looks at the smoke-test flow's runs (alone or as a deploy's subflow) through the API.
+    Reads the smoke-test flow's runs (alone or as a deploy's subflow) through the API,
+    newest first: a failed run refuses (the environment is not healthy now); a passing
+    run that names no digests (a plain health check) is skipped; the newest passing run
+    that names digests decides: it must have tested exactly ``images``.
     """
+    wanted = dict(images)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["smoke-test"])),
             sort=FlowRunSort.START_TIME_DESC,
-            limit=50,
+            limit=100,
         )
     for run in runs:
         if run.parameters.get("environment", "staging") != environment:
@@ -60,9 +65,16 @@ def read_last_smoke_run(environment: str) -> tuple[bool, str]:
         if run.state is None or not run.state.is_final():
             continue
         when = run.end_time.isoformat(timespec="seconds") if run.end_time else "?"
-        verdict = "passed" if run.state.is_completed() else str(run.state.name).lower()
-        return run.state.is_completed(), f"last run {run.name} {verdict} at {when}"
-    return False, f"no finished smoke-test run for {environment} yet"
+        if not run.state.is_completed():
+            return False, f"the newest run {run.name} {str(run.state.name).lower()} at {when}"
+        tested = run.parameters.get("images")
+        if not tested:
+            continue
+        if tested != wanted:
+            other = ", ".join(f"{a}={r}" for a, r in sorted(tested.items()))
+            return False, f"the newest smoke-tested digests are other ones ({other}; {run.name})"
+        return True, f"{run.name} passed for these digests at {when}"
+    return False, f"no passing smoke-test run of these digests on {environment}"
 
 
 @task(name="verify-approval", cache_policy=NO_CACHE)

@@ -6,6 +6,7 @@ Paused state and answers through the project's REST client, as a person or CI wo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -31,10 +32,11 @@ from prefect.states import Running
 
 from flows.deploy import deploy
 from flows.promote import ApprovalTimedOut, PromotionRefused, promote_to_production
+from flows.smoke_test import smoke_test
 from rsolv_staging.cli import PrefectAPI
 from rsolv_staging.deployments import DeployFailed
 from rsolv_staging.environments import default_topology
-from rsolv_staging.exceptions import GuardError
+from rsolv_staging.exceptions import GuardError, SmokeTestFailed
 from rsolv_staging.images import parse_image
 from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.settings import Settings
@@ -296,6 +298,30 @@ def test_only_stagings_digest_can_be_promoted(
     """Asking for a digest staging does not run is refused before anyone is asked."""
     with pytest.raises(PromotionRefused, match="only what staging runs"):
         promote(tmp_path, app_server, images=images(OLD))
+
+
+def test_only_digests_that_passed_stagings_smoke_tests_can_be_promoted(
+    promotable: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """Staging's last passing smoke run tested NEW; OLD deployed to staging without smoke
+    tests is refused, and a later plain health check (no digests) does not vouch for it;
+    once OLD's own deploy smoke-tests it, a failed health check still refuses."""
+    deploy(images=images(OLD), run_smoke_tests=False)
+    assert running(promotable, "staging") == images(OLD)
+    promotable.clear_log()
+    # A short timeout: without the guard the run would pause for an approval instead.
+    with pytest.raises(PromotionRefused, match="digests are other ones.*" + NEW):
+        promote(tmp_path, app_server, images=images(OLD), approval_timeout_seconds=2)
+    asyncio.run(smoke_test(checks_file=checks(tmp_path, app_server, "staging")))
+    with pytest.raises(PromotionRefused, match="other ones"):
+        promote(tmp_path, app_server, images=images(OLD), approval_timeout_seconds=2)
+    deploy(images=images(OLD), smoke_checks_file=checks(tmp_path, app_server, "staging"))
+    broken = checks(tmp_path, app_server, "staging", path="/missing")
+    with pytest.raises(SmokeTestFailed):
+        asyncio.run(smoke_test(checks_file=broken, warmup_seconds=0))
+    with pytest.raises(PromotionRefused, match=r"newest run .* failed"):
+        promote(tmp_path, app_server, images=images(OLD), approval_timeout_seconds=2)
+    assert [w for w in promotable.writes() if "/namespaces/production/" in w.path] == []
 
 
 def test_deploy_to_production_needs_a_running_promotion(promotable: KubeEmulator) -> None:
