@@ -12,7 +12,9 @@ it needs no project import and no Prefect profile. Exit codes: 0 success, 1 fail
 crashed, 2 usage or refused input, 3 rejected, 4 timed out, 5 cancelled.
 
 Prefect answers a resume with a refused input with HTTP 200 and ``status: REJECT``;
-this client reads ``status``, never only the HTTP code.
+this client reads ``status``, never only the HTTP code. A resume is retried when its
+answer is lost; if the retry hears "not paused" and the run holds this very decision,
+the first attempt went through and the client reports success.
 """
 
 from __future__ import annotations
@@ -120,6 +122,13 @@ class PrefectAPI:
         )
         return answer
 
+    def responses(self, run_id: str) -> list[Any]:
+        """The inputs a paused run was resumed with (each pause's ``*-response``)."""
+        found: list[dict[str, Any]] = self._request(
+            "POST", f"/flow_runs/{run_id}/input/filter", json={"prefix": "", "limit": 100}
+        )
+        return [json.loads(i["value"]) for i in found if str(i["key"]).endswith("-response")]
+
     def artifacts(self, key: str, *, limit: int = 50) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self._request(
             "POST",
@@ -184,9 +193,15 @@ def decide(api: PrefectAPI, run_id: str, decision: str, approver: str, reason: s
     kind, name = state_of(run)
     if kind != "PAUSED":
         raise CliError(f"run {run_id} is {name}, not waiting for a decision")
-    answer = api.resume(run_id, {"decision": decision, "approver": approver, "reason": reason})
+    ours = {"decision": decision, "approver": approver, "reason": reason}
+    answer = api.resume(run_id, ours)
     status = str(answer.get("status", "")).upper()
     details = (answer.get("details") or {}).get("reason") or ""
+    # "Not paused" after a retried resume: the first attempt may have been applied and
+    # only its answer lost. The run then holds our input, and the decision stands.
+    if status == "ABORT" and ours in api.responses(run_id):
+        print(f"{decision} recorded for {run_id} by {approver} (the first answer was lost)")
+        return EXIT_OK
     if status != "ACCEPT":
         print(f"refused ({status}): {details}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE

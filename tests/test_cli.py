@@ -11,16 +11,30 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import pause_flow_run
 from prefect.settings import PREFECT_API_URL
 
-from rsolv_staging.cli import CliError, PrefectAPI, parse_parameters
-from tests.plugins.http import Server
+from rsolv_staging.cli import EXIT_OK, CliError, PrefectAPI, decide, parse_parameters
+from rsolv_staging.promotion import approval_form
+from tests.plugins.http import LosingProxy, Server
 
 CLI = str(Path(sys.executable).parent / "rsolv-staging")
 
@@ -138,3 +152,53 @@ def test_parameters_parse_as_json_or_text() -> None:
         "trigger": "ci:push:abc",
         "n": 3,
     }
+
+
+def test_a_decision_whose_answer_was_lost_stands(prefect_api: None, capsys: Any) -> None:
+    """The resume reaches Prefect but its answer is lost; the client's retry is told the
+    run is no longer paused. The client finds its own decision recorded and says so
+    (exit 0), rather than reporting a refusal for an approval that went through."""
+    form = approval_form(["alice"], "a gate like the promotion's")
+
+    @flow(name="cli-gate")
+    def gate() -> str:
+        decision = pause_flow_run(wait_for_input=form, timeout=60, poll_interval=1, key="approval")
+        return decision.approver
+
+    outcome: list[str] = []
+    waiting = threading.Thread(target=lambda: outcome.append(gate()), daemon=True)
+    waiting.start()
+    direct = PrefectAPI(str(PREFECT_API_URL.value()))
+    run_id = _paused_run("cli-gate")
+    proxy = LosingProxy(str(PREFECT_API_URL.value()), marker=b"/resume")
+    api = PrefectAPI(proxy.url)
+    try:
+        code = decide(api, run_id, "approve", "alice", "ship it")
+    finally:
+        api.close()
+        proxy.close()
+    assert proxy.lost == 1  # the first answer really was lost, and the client retried
+    assert code == EXIT_OK, capsys.readouterr()
+    assert "first answer was lost" in capsys.readouterr().out
+    waiting.join(timeout=60)
+    assert outcome == ["alice"]
+    assert direct.responses(run_id) == [
+        {"decision": "approve", "approver": "alice", "reason": "ship it"}
+    ]
+    direct.close()
+
+
+def _paused_run(flow_name: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                ),
+            )
+            if runs:
+                return str(runs[0].id)
+            time.sleep(0.3)
+    raise AssertionError(f"no paused {flow_name} run")

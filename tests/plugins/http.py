@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -272,6 +272,74 @@ def make_pki(directory: Path, *, expiring_days: float = 2, valid_days: float = 9
         expiring_not_after=expiring_not_after,
         valid_not_after=valid_not_after,
     )
+
+
+class LosingProxy:
+    """A TCP proxy on 127.0.0.1 to an HTTP server that loses one answer.
+
+    Everything is relayed both ways, except the response to the first request whose
+    bytes contain ``marker``: once the server has handled that request, the client's
+    connection is closed instead (a reply lost on the way, after the server acted).
+    """
+
+    def __init__(self, upstream: str, marker: bytes) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._marker = marker
+        self._lock = threading.Lock()  # one marked request across connections
+        self._fired = False
+        self.lost = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        port = self._listener.getsockname()[1]
+        self.url = f"{parts.scheme}://127.0.0.1:{port}{parts.path}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            marked = threading.Event()
+            threading.Thread(target=self._up, args=(client, upstream, marked), daemon=True).start()
+            threading.Thread(
+                target=self._down, args=(client, upstream, marked), daemon=True
+            ).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket, marked: threading.Event) -> None:
+        try:
+            while data := client.recv(65536):
+                with self._lock:
+                    if not self._fired and self._marker in data:
+                        self._fired = True
+                        marked.set()  # before the server can possibly answer
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with suppress(OSError):
+                upstream.shutdown(socket.SHUT_WR)
+
+    def _down(
+        self, client: socket.socket, upstream: socket.socket, marked: threading.Event
+    ) -> None:
+        try:
+            while data := upstream.recv(65536):
+                if marked.is_set():  # the marked request's reply: lose it
+                    self.lost += 1
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
 
 
 def closed_port() -> int:
