@@ -38,6 +38,7 @@ from rsolv_staging.exceptions import (
     StagingError,
     TransientKubeError,
 )
+from rsolv_staging.fields import applied_configuration
 from rsolv_staging.fingerprint import fingerprint
 from rsolv_staging.provisioning import Manifest, object_key
 from rsolv_staging.settings import Settings
@@ -552,15 +553,18 @@ def restore_objects(
 ) -> list[str]:
     """Put ``keys`` back as they were in the ``before`` snapshot (the rollback).
 
-    Objects that existed are re-applied in their previous form; objects this run created
-    are deleted. Returns what was done, one line per object.
+    Objects that existed get back what this project's field manager had applied to them
+    (its fields, their values then); fields other managers own stay theirs. An object
+    this manager never applied is re-applied whole. Objects this run created are
+    deleted. Returns what was done, one line per object.
     """
     dyn = connect(cluster, settings)
     done = []
     for key in keys:
         previous = before.get(key)
         if previous is not None:
-            _apply(dyn, restorable(previous), settings, dry_run=False)
+            ours = applied_configuration(previous, settings.field_manager)
+            _apply(dyn, ours if ours is not None else restorable(previous), settings, dry_run=False)
             done.append(f"restored {key}")
         else:
             _delete(dyn, stubs[key], settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -13,11 +14,13 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
+from kubernetes import config, dynamic
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
 from flows.deploy import deploy
 from rsolv_staging.deployments import DeployFailed
 from rsolv_staging.exceptions import ConfigurationError, GuardError
+from rsolv_staging.fields import applied_configuration
 from rsolv_staging.kube_emulator import KubeEmulator
 from tasks.manifests import DEPLOYMENTS
 from tests.plugins.http import Server
@@ -148,6 +151,41 @@ def test_failed_smoke_test_rolls_back(
     assert set(running_images(staging).values()) == {f"{API}@{GOOD}", f"{LANDING}@{GOOD}"}
 
 
+def test_rollback_gives_back_only_our_fields(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """Another field manager's annotation stays its own through a rollback: the rollback
+    re-applies only what this project had applied, so the other manager can still
+    remove its annotation afterwards, and our image is back."""
+    checks = checks_file(tmp_path, app_server)
+    deploy(images=images(GOOD), smoke_checks_file=checks)
+    api = dynamic.DynamicClient(config.new_client_from_config(config_file=os.environ["KUBECONFIG"]))
+    deployments = api.resources.get(api_version="apps/v1", kind="Deployment")
+
+    def ops_applies(annotations: dict[str, str]) -> None:
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "rsolv-api", "namespace": "staging", "annotations": annotations},
+        }
+        deployments.server_side_apply(
+            body=body, name="rsolv-api", namespace="staging", field_manager="ops"
+        )
+
+    def annotations() -> dict[str, str]:
+        live = staging.get("apps/v1", "Deployment", "rsolv-api", "staging")
+        assert live is not None
+        return dict(live["metadata"].get("annotations") or {})
+
+    ops_applies({"ops.example/owner": "platform"})
+    with pytest.raises(DeployFailed, match="rolled back"):
+        deploy(images=images(BAD), smoke_checks_file=checks_file(tmp_path, app_server, path="/500"))
+    assert running_images(staging)["rsolv-api"] == f"{API}@{GOOD}"
+    assert annotations()["ops.example/owner"] == "platform"
+    ops_applies({})  # ops lets go of its annotation: nobody else may still hold it
+    assert "ops.example/owner" not in annotations()
+
+
 def test_overlay_naming_the_production_namespace_writes_nothing(
     staging: KubeEmulator, tmp_path: Path
 ) -> None:
@@ -268,3 +306,88 @@ def test_notifies_through_a_configured_block_and_is_silent_without_one(
     text = received[0]["text"]
     assert text.startswith("staging: deploy succeeded")
     assert "ci:push:def456" in text
+
+
+def test_applied_configuration_keeps_one_managers_fields_and_list_items() -> None:
+    """From managedFields: our map fields, our containers (by name) with only our fields,
+    our ports (by two merge keys) and set values; nothing of the other manager's."""
+    ours = {
+        "f:metadata": {"f:labels": {"f:app": {}}},
+        "f:spec": {
+            "f:template": {
+                "f:spec": {
+                    "f:containers": {
+                        'k:{"name":"api"}': {
+                            ".": {},
+                            "f:image": {},
+                            "f:name": {},
+                            "f:ports": {
+                                'k:{"containerPort":8080,"protocol":"TCP"}': {
+                                    ".": {},
+                                    "f:containerPort": {},
+                                }
+                            },
+                        }
+                    }
+                }
+            },
+            "f:finalizers": {'v:"rsolv"': {}},
+        },
+    }
+    live = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "rsolv-api",
+            "namespace": "staging",
+            "labels": {"app": "api", "team": "ops"},
+            "managedFields": [
+                {
+                    "manager": "ops",
+                    "operation": "Apply",
+                    "fieldsV1": {"f:spec": {"f:replicas": {}}},
+                },
+                {"manager": "rsolv-staging", "operation": "Apply", "fieldsV1": ours},
+            ],
+        },
+        "spec": {
+            "replicas": 5,
+            "finalizers": ["other", "rsolv"],
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "sidecar", "image": "proxy:1"},
+                        {
+                            "name": "api",
+                            "image": "api@sha256:1",
+                            "imagePullPolicy": "IfNotPresent",
+                            "ports": [
+                                {"containerPort": 9090, "protocol": "TCP"},
+                                {"containerPort": 8080, "protocol": "TCP", "name": "http"},
+                            ],
+                        },
+                    ]
+                }
+            },
+        },
+    }
+    assert applied_configuration(live, "rsolv-staging") == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "rsolv-api", "namespace": "staging", "labels": {"app": "api"}},
+        "spec": {
+            "finalizers": ["rsolv"],
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "api",
+                            "image": "api@sha256:1",
+                            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                        }
+                    ]
+                }
+            },
+        },
+    }
+    assert applied_configuration(live, "kubectl") is None
