@@ -147,9 +147,8 @@ def promote_to_production(
             "only what staging runs can be promoted: "
             + ", ".join(f"{a} staging runs {current[a]}, asked {refs[a]}" for a in differing)
         )
-    smoke_passed, smoke_summary = read_last_smoke_run(
-        staging.name, {app: str(ref) for app, ref in refs.items()}
-    )
+    promoted = {app: str(ref) for app, ref in refs.items()}
+    smoke_passed, smoke_summary = read_last_smoke_run(staging.name, promoted)
     if not smoke_passed:
         raise PromotionRefused(
             f"staging's smoke tests have not passed for these digests ({smoke_summary}); "
@@ -186,7 +185,7 @@ def promote_to_production(
         requested_at=requested_at,
         requester=requester,
         change_ref=change_ref,
-        images={a: str(r) for a, r in refs.items()},
+        images=promoted,
         decision="timed out",
         freeze_override=f"{freeze.name}: {freeze_override_reason}" if freeze else None,
         parameters=overrides,

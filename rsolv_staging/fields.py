@@ -39,7 +39,7 @@ def applied_configuration(obj: Mapping[str, Any], manager: str) -> dict[str, Any
     )
     if entry is None:
         return None
-    body: dict[str, Any] = _pick(dict(obj), entry.get("fieldsV1") or {})
+    body: dict[str, Any] = _pick(obj, entry.get("fieldsV1") or {})
     identity = {k: meta[k] for k in ("name", "namespace") if k in meta}
     body["metadata"] = {**(body.get("metadata") or {}), **identity}
     body["apiVersion"], body["kind"] = obj["apiVersion"], obj["kind"]
