@@ -4,32 +4,34 @@ A rules file (``data/sanitize-rules.yaml``) maps ``[schema.]table.column`` to a
 strategy:
 
 * ``fake: <provider>``: a Faker provider's value (``email``, ``name``, ``phone_number``,
-  ``address``, ...) chosen deterministically by HMAC-SHA256(salt, value);
-* ``hash``: the hex HMAC-SHA256(salt, value);
+  ``address``, ...) chosen deterministically by a MAC of the value keyed by the salt
+  (keyed BLAKE3);
+* ``hash``: the hex keyed BLAKE3 of the value (256 bits, cut to a length limit);
 * ``null``; ``fixed: <value>``; ``keep``.
 
 The same input gives the same output in every table and column that uses the same
 strategy, so foreign keys and joins on masked values still match. Columns under a
-unique index get a 64-bit keyed suffix, so distinct inputs stay distinct (a collision
+unique index get a 64-bit keyed tag, so distinct inputs stay distinct (a collision
 needs ~4 billion distinct values to become likely). Values are masked in the stream
 between the source and the new database: an unmasked value never reaches staging.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from binascii import hexlify
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import methodcaller
 from typing import Any, Literal
 
+from blake3 import blake3
 from faker import Faker
 from pydantic import BaseModel, Field
 
 from rsolv_staging.exceptions import ConfigurationError
 
 Strategy = Literal["fake", "hash", "null", "fixed", "keep"]
-POOL_SIZE = 1024  # a power of two
+POOL_SIZE = 256  # one byte of MAC picks a pool value
 _PERSONAL = re.compile(
     r"e_?mail|phone|mobile|(^|_)(first|last|full|user|display|given|family)?_?name$|"
     r"address|street|city|postal|zip|token|secret|password|ssn|birth",
@@ -128,6 +130,7 @@ def personal_columns(columns: Iterable[str], rules: Rules | None) -> list[str]:
 
 _ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
 NULL = b"\\N"
+TAG_HEX = 16  # the unique tag: 64 bits of MAC in hex
 
 
 def escape(value: str) -> bytes:
@@ -135,35 +138,46 @@ def escape(value: str) -> bytes:
     return value.translate(_ESCAPES).encode()
 
 
-Masker = Callable[[bytes], bytes]
+# A masker takes one column of a block of rows and returns it masked: a block at a time,
+# because the per-call overhead of a function per value cost as much as the hashing.
+Masker = Callable[[Sequence[bytes]], list[bytes]]
+
+
+def _keep_nulls(values: Sequence[bytes], masked: list[bytes]) -> list[bytes]:
+    """NULL stays NULL. One scan in C instead of a test per value in the loops."""
+    if NULL in values:
+        for index, value in enumerate(values):
+            if value == NULL:
+                masked[index] = NULL
+    return masked
 
 
 class MaskerFactory:
     """Builds the masker of each rule; value pools are built once per provider.
 
-    Keyed BLAKE2b (a MAC with the salt as key) picks the fake and makes the unique
-    suffix: about 10x faster than ``hmac.new`` per value, which matters at millions of
-    rows; pool values are escaped and encoded once; the keyed state is copied per value
-    (keying costs a compression). Columns with the same rule share one masker.
+    Keyed BLAKE3 (a PRF with a key derived from the salt; one key per strategy and
+    provider) picks the fake and makes the unique tag. A hasher is reset between values
+    rather than created or copied: about 0.24 us per value against 0.43 us for the
+    cheapest keyed hashlib object (a copied BLAKE2b state), at millions of values per
+    sync. Each call makes its own hasher, so maskers are safe to share between threads.
+    Columns with the same rule share one masker.
     """
 
     def __init__(self, salt: bytes) -> None:
         if not salt:
             raise ConfigurationError("sanitization needs a non-empty salt")
-        self._key = hashlib.blake2b(salt, digest_size=32).digest()
+        self._key = blake3(salt).digest()
         self._pools: dict[str, list[str]] = {}
         self._maskers: dict[tuple[str, str | None, str | None, bool, int | None], Masker] = {}
 
-    def _digest(self, raw: bytes, namespace: str) -> bytes:
-        return hashlib.blake2b(
-            raw, key=self._key, person=namespace.encode()[:16], digest_size=32
-        ).digest()
+    def _subkey(self, namespace: str) -> bytes:
+        """A key of its own per use, so no two strategies or providers share outputs."""
+        return blake3(namespace.encode(), key=self._key).digest()
 
     def _pool(self, provider: str) -> list[str]:
         if provider not in self._pools:
             fake = Faker()
-            seed = int.from_bytes(self._digest(provider.encode(), "pool")[:8], "big")
-            fake.seed_instance(seed)
+            fake.seed_instance(int.from_bytes(self._subkey("pool:" + provider)[:8], "big"))
             generate = getattr(fake, provider)
             self._pools[provider] = [str(generate()).replace("\n", ", ") for _ in range(POOL_SIZE)]
         return self._pools[provider]
@@ -177,78 +191,95 @@ class MaskerFactory:
 
     def _build(self, rule: Rule, *, unique: bool, max_length: int | None) -> Masker:
         if rule.strategy == "keep":
-            return lambda raw: raw
+            return list
         if rule.strategy == "null":
-            return lambda raw: NULL
+            return lambda values: [NULL] * len(values)
         if rule.strategy == "fixed":
             fixed = NULL if rule.value is None else escape(rule.value)
-            return lambda raw: fixed
+            return lambda values: [fixed] * len(values)
         limit = max_length or 10**6
-        mask = POOL_SIZE - 1  # a power of two: 16 bits of MAC pick a pool value evenly
         if rule.strategy == "hash":
+            key = self._subkey("hash")
             width = min(64, limit)
-            keyed = hashlib.blake2b(key=self._key, person=b"hash", digest_size=32)
 
-            def hashed(raw: bytes) -> bytes:
-                if raw == NULL:
-                    return raw
-                mac = keyed.copy()
-                mac.update(raw)
-                return mac.hexdigest()[:width].encode()
+            def hashed(values: Sequence[bytes]) -> list[bytes]:
+                mac = blake3(key=key)
+                update, hexdigest, reset = mac.update, mac.hexdigest, mac.reset
+                out: list[bytes] = []
+                append = out.append
+                for value in values:
+                    update(value)
+                    append(hexdigest(32)[:width].encode())
+                    reset()
+                return _keep_nulls(values, out)
 
             return hashed
         provider = rule.provider or "word"
-        person = ("fake:" + provider).encode()[:16]
+        key = self._subkey(f"fake:{provider}:{'unique' if unique else 'pool'}")
         if not unique:
             pool = [escape(v[:limit]) for v in self._pool(provider)]
-            keyed4 = hashlib.blake2b(key=self._key, person=person, digest_size=4)
 
-            def fake(raw: bytes) -> bytes:
-                if raw == NULL:
-                    return raw
-                mac = keyed4.copy()
-                mac.update(raw)
-                digest = mac.digest()
-                return pool[(digest[2] << 8 | digest[3]) & mask]
+            def fake(values: Sequence[bytes]) -> list[bytes]:
+                mac = blake3(key=key)
+                update, digest, reset = mac.update, mac.digest, mac.reset
+                out: list[bytes] = []
+                append = out.append
+                for value in values:
+                    update(value)
+                    append(pool[digest(1)[0]])
+                    reset()
+                return _keep_nulls(values, out)
 
             return fake
-        # Unique: a 64-bit keyed tag keeps distinct inputs distinct.
-        parts: list[tuple[bytes, bytes]] = []
-        for value in self._pool(provider):
-            if provider == "email" and "@" in value:
-                local, domain = value.split("@", 1)
-                parts.append((escape(local) + b".", escape("@" + domain)))
-            else:
-                parts.append((escape(value) + b" ", b""))
-        keyed12 = hashlib.blake2b(key=self._key, person=person, digest_size=12)
-        longest = max(len(head) + len(tail) for head, tail in parts) + 16
+        # Unique: a 64-bit keyed tag keeps distinct inputs distinct. The tag comes first:
+        # values that start alike (1024 pool values for a million rows) made staging's
+        # unique index build compare whole strings; a leading tag settles nearly every
+        # comparison in its first bytes (1M emails: 0.53-0.66 against 0.85-1.21 CPU-s).
+        suffixes = [
+            _unique_suffix(provider, value, limit - TAG_HEX) for value in self._pool(provider)
+        ]
 
-        def fake_unique(raw: bytes) -> bytes:
-            if raw == NULL:
-                return raw
-            mac = keyed12.copy()
-            mac.update(raw)
-            digest = mac.digest()
-            head, tail = parts[(digest[2] << 8 | digest[3]) & mask]
-            tag = hexlify(digest[4:])
-            if longest <= limit:
-                return head + tag + tail
-            # A length limit: shorten the pool value, never the tag that keeps it unique.
-            suffix = head[-1:] + tag + tail
-            return head[:-1][: max(1, limit - len(suffix))] + suffix
+        def fake_unique(values: Sequence[bytes]) -> list[bytes]:
+            mac = blake3(key=key)
+            update, digest, reset = mac.update, mac.digest, mac.reset
+            out: list[bytes] = []
+            append = out.append
+            for value in values:
+                update(value)
+                tag = digest(8)
+                reset()
+                append(hexlify(tag) + suffixes[tag[7]])
+            return _keep_nulls(values, out)
 
         return fake_unique
+
+
+def _unique_suffix(provider: str, value: str, room: int) -> bytes:
+    """What follows the tag: ``.local@domain`` for an email, `` value`` otherwise; the
+    pool value is shortened to fit a length limit (never the tag; an email keeps its
+    domain if it can)."""
+    if provider == "email" and "@" in value:
+        local, domain = value.split("@", 1)
+        head, tail = "." + local, "@" + domain
+    else:
+        head, tail = " " + value, ""
+    if len(head) + len(tail) > room:
+        if len(tail) + 2 > room:
+            tail = ""
+        head = head[: max(0, room - len(tail))]
+    return escape(head) + escape(tail)
 
 
 class LineMasker:
     """Masks the first fields of COPY text rows; feed it chunks, get whole rows back.
 
     The masked columns come first in the row (the COPY statements list them first), so
-    a row is split at its first few tabs only.
+    a row is split at its first few tabs only. Each block is masked column by column.
     """
 
     def __init__(self, maskers: Sequence[Masker]) -> None:
         self._maskers = list(enumerate(maskers))
+        self._split = methodcaller("split", b"\t", len(maskers))
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -258,15 +289,16 @@ class LineMasker:
         self._pending = data[cut:]
         if not cut:
             return b""
-        maskers, count = self._maskers, len(self._maskers)
-        out = []
-        for line in data[: cut - 1].split(b"\n"):
-            fields = line.split(b"\t", count)
-            for index, mask in maskers:
-                fields[index] = mask(fields[index])
-            out.append(b"\t".join(fields))
-        out.append(b"")
-        return b"\n".join(out)
+        # Rows to columns; strict: every row of a COPY has the same number of fields, and
+        # a short one must fail the copy, not be cut by zip.
+        rows = map(self._split, data[: cut - 1].split(b"\n"))
+        try:
+            columns: list[Sequence[bytes]] = list(zip(*rows, strict=True))
+        except ValueError:
+            raise ValueError("COPY rows with different numbers of fields") from None
+        for index, mask in self._maskers:
+            columns[index] = mask(columns[index])
+        return b"\n".join(map(b"\t".join, zip(*columns, strict=True))) + b"\n"
 
     def close(self) -> bytes:
         """The end of the stream: a partial row left over is an error."""
