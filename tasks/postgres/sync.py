@@ -17,6 +17,7 @@ line) and are masked in every error.
 from __future__ import annotations
 
 import fcntl
+import gc
 import importlib.util
 import os
 import re
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -654,6 +655,23 @@ def _pipe_table(
     return int(sent[-1]), int(took[-1])
 
 
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Keep the cyclic garbage collector off the objects that exist now.
+
+    Masking allocates millions of short-lived lists and tuples; some survive long enough
+    to trigger full collections, and each full collection walked the whole heap of the
+    flow's process (Prefect and its imports: ~170k objects): 0.6-0.9 of 2.6-3.0 CPU-s of
+    masking for 2.5M rows, measured. Frozen objects are skipped by collections until
+    they are unfrozen; nothing is collected less, only later.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _widen(pipe: Any) -> None:
     """Give a pipe 1 MiB instead of 64 KiB: the processes on its two ends wake each
     other less often (psql CPU -0.2 to -0.4 s per 1.4 GB copy, measured)."""
@@ -862,6 +880,7 @@ def copy_database(
             connect(target_dsn, autocommit=True) as monitor,
             ExitStack() as sessions,
             ThreadPoolExecutor(max_workers=2 * jobs + 1, thread_name_prefix="sync") as pool,
+            _frozen_heap() if masked else nullcontext(),
         ):
             idle_sessions = [
                 sessions.enter_context(source_session(source_dsn, snapshot))
