@@ -280,10 +280,25 @@ def main() -> None:
                 f"{statistics.median(cpu[name]):5.1f} CPU-s  (runs: {runs})"
             )
         baseline = medians["pg_dump | psql"]
-        print(f"{'speed-up':>22}: {baseline / medians['flow']:.2f}x (pg_dump | psql / flow)")
+        # Also paired: each round's own ratio. The VM's speed drifts over minutes, and the
+        # three methods of one round run back to back, so a round's ratio drifts less.
+        speedups = [b / f for b, f in zip(timings["pg_dump | psql"], timings["flow"], strict=True)]
+        print(
+            f"{'speed-up':>22}: {baseline / medians['flow']:.2f}x (pg_dump | psql / flow); "
+            f"per round {statistics.median(speedups):.2f}x median "
+            f"({', '.join(f'{r:.2f}' for r in speedups)})"
+        )
         if "flow + sanitization" in medians:
             overhead = medians["flow + sanitization"] / medians["flow"] - 1
-            print(f"{'sanitization':>22}: {overhead:+.0%} over the plain flow")
+            paired = [
+                s / f - 1
+                for s, f in zip(timings["flow + sanitization"], timings["flow"], strict=True)
+            ]
+            rounds = ", ".join(f"{r:+.0%}" for r in paired)
+            print(
+                f"{'sanitization':>22}: {overhead:+.0%} over the plain flow; per round "
+                f"{statistics.median(paired):+.0%} median ({rounds})"
+            )
 
 
 if __name__ == "__main__":

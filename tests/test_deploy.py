@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 from kubernetes import config, dynamic
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
@@ -24,33 +23,17 @@ from rsolv_staging.fields import applied_configuration
 from rsolv_staging.kube_emulator import KubeEmulator
 from tasks.manifests import DEPLOYMENTS
 from tests.plugins.http import Server
-from tests.test_provision import latest_artifact
+from tests.plugins.releases import (
+    API,
+    LANDING,
+    checks_file,
+    images,
+    latest_artifact,
+    running_images,
+)
 
-API = "ghcr.io/rsolv-dev/rsolv-api"
-LANDING = "ghcr.io/rsolv-dev/rsolv-landing"
 GOOD = "sha256:" + "1" * 64
 BAD = "sha256:" + "2" * 64
-
-
-def images(digest: str) -> dict[str, str]:
-    return {"rsolv-api": f"{API}@{digest}", "rsolv-landing": f"{LANDING}@{digest}"}
-
-
-def checks_file(tmp_path: Path, server: Server, *, path: str = "/api/health") -> str:
-    """A staging smoke checks file aimed at the local app server."""
-    file = tmp_path / f"checks{path.replace('/', '-')}.yaml"
-    file.write_text(
-        yaml.safe_dump(
-            {
-                "environment": "staging",
-                "checks": [
-                    {"name": "landing", "url": f"{server.url}/", "status": 200},
-                    {"name": "api", "url": f"{server.url}{path}", "status": 200},
-                ],
-            }
-        )
-    )
-    return str(file)
 
 
 @pytest.fixture
@@ -64,13 +47,6 @@ def staging(
     return kube
 
 
-def running_images(kube: KubeEmulator) -> dict[str, str]:
-    out = {}
-    for dep in kube.list("Deployment", "staging"):
-        out[dep["metadata"]["name"]] = dep["spec"]["template"]["spec"]["containers"][0]["image"]
-    return out
-
-
 def test_good_deploy_applies_waits_smoke_tests_and_records(
     staging: KubeEmulator, app_server: Server, tmp_path: Path
 ) -> None:
@@ -81,7 +57,7 @@ def test_good_deploy_applies_waits_smoke_tests_and_records(
         smoke_checks_file=checks_file(tmp_path, app_server),
     )
     assert report.result == "succeeded"
-    assert running_images(staging) == {
+    assert running_images(staging, "staging") == {
         "rsolv-api": f"{API}@{GOOD}",
         "rsolv-landing": f"{LANDING}@{GOOD}",
     }
@@ -130,7 +106,7 @@ def test_never_ready_workload_is_rolled_back_within_the_deadline(
     message = str(err.value)
     assert "rolled back" in message
     assert "CrashLoopBackOff" in message
-    assert running_images(staging)["rsolv-api"] == f"{API}@{GOOD}"
+    assert running_images(staging, "staging")["rsolv-api"] == f"{API}@{GOOD}"
     api = staging.get("apps/v1", "Deployment", "rsolv-api", "staging")
     assert api is not None
     assert api["status"]["availableReplicas"] == api["spec"]["replicas"]
@@ -148,7 +124,10 @@ def test_failed_smoke_test_rolls_back(
             images=images(BAD),
             smoke_checks_file=checks_file(tmp_path, app_server, path="/500"),
         )
-    assert set(running_images(staging).values()) == {f"{API}@{GOOD}", f"{LANDING}@{GOOD}"}
+    assert set(running_images(staging, "staging").values()) == {
+        f"{API}@{GOOD}",
+        f"{LANDING}@{GOOD}",
+    }
 
 
 def test_rollback_gives_back_only_our_fields(
@@ -180,7 +159,7 @@ def test_rollback_gives_back_only_our_fields(
     ops_applies({"ops.example/owner": "platform"})
     with pytest.raises(DeployFailed, match="rolled back"):
         deploy(images=images(BAD), smoke_checks_file=checks_file(tmp_path, app_server, path="/500"))
-    assert running_images(staging)["rsolv-api"] == f"{API}@{GOOD}"
+    assert running_images(staging, "staging")["rsolv-api"] == f"{API}@{GOOD}"
     assert annotations()["ops.example/owner"] == "platform"
     ops_applies({})  # ops lets go of its annotation: nobody else may still hold it
     assert "ops.example/owner" not in annotations()

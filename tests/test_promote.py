@@ -43,36 +43,10 @@ from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects
 from tasks.manifests import render_overlay
 from tests.plugins.http import Server
-from tests.test_provision import latest_artifact
+from tests.plugins.releases import API, checks_file, images, latest_artifact, running_images
 
-API = "ghcr.io/rsolv-dev/rsolv-api"
-LANDING = "ghcr.io/rsolv-dev/rsolv-landing"
 OLD = "sha256:" + "0" * 64
 NEW = "sha256:" + "1" * 64
-
-
-def images(digest: str) -> dict[str, str]:
-    return {"rsolv-api": f"{API}@{digest}", "rsolv-landing": f"{LANDING}@{digest}"}
-
-
-def running(kube: KubeEmulator, namespace: str) -> dict[str, str]:
-    return {
-        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
-        for d in kube.list("Deployment", namespace)
-    }
-
-
-def checks(tmp_path: Path, server: Server, environment: str, path: str = "/api/health") -> str:
-    file = tmp_path / f"{environment}-checks.yaml"
-    file.write_text(
-        yaml.safe_dump(
-            {
-                "environment": environment,
-                "checks": [{"name": "api", "url": f"{server.url}{path}", "status": 200}],
-            }
-        )
-    )
-    return str(file)
 
 
 @pytest.fixture
@@ -92,7 +66,7 @@ def promotable(
     monkeypatch.setenv("RSOLV_FREEZE_WINDOWS_FILE", str(tmp_path / "freeze.yaml"))
     for ns in ("staging", "production"):
         kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    deploy(images=images(NEW), smoke_checks_file=checks(tmp_path, app_server, "staging"))
+    deploy(images=images(NEW), smoke_checks_file=checks_file(tmp_path, app_server, "staging"))
     production = render_overlay.fn(
         "production", images={a: parse_image(r) for a, r in images(OLD).items()}
     )
@@ -169,7 +143,7 @@ def promote(tmp_path: Path, server: Server, **kwargs: Any) -> Any:
     return promote_to_production(
         requester="carol",
         change_ref="PR-42",
-        smoke_checks_file=checks(tmp_path, server, "production"),
+        smoke_checks_file=checks_file(tmp_path, server, "production"),
         rollout_deadline_seconds=3,
         # A broken resumer must fail the test, not hang it for the default 24 h.
         **{"approval_timeout_seconds": 60, **kwargs},
@@ -182,7 +156,11 @@ def test_approve_deploys_stagings_digest_and_audits_who_and_why(
     """Approved: production runs exactly staging's digests; the audit names approver and reason."""
     resumer(decide("approve", "alice", "smoke tests green, CAB ok"))
     report = promote(tmp_path, app_server)
-    assert running(promotable, "production") == running(promotable, "staging") == images(NEW)
+    assert (
+        running_images(promotable, "production")
+        == running_images(promotable, "staging")
+        == images(NEW)
+    )
     assert report.record.approver == "alice"
     (row,) = audit_rows()
     assert row["decision"] == "approved"
@@ -201,7 +179,7 @@ def test_reject_leaves_production_untouched(
     resumer(decide("reject", "bob", "not before the release notes"))
     state = promote(tmp_path, app_server, return_state=True)
     assert state.name == "Rejected"
-    assert running(promotable, "production") == images(OLD)
+    assert running_images(promotable, "production") == images(OLD)
     (row,) = audit_rows()
     assert (row["decision"], row["approver"]) == ("rejected", "bob")
 
@@ -210,7 +188,7 @@ def test_timeout_fails_safe(promotable: KubeEmulator, app_server: Server, tmp_pa
     """Nobody answers: the run fails after the timeout and production is untouched."""
     with pytest.raises(ApprovalTimedOut, match="production untouched"):
         promote(tmp_path, app_server, approval_timeout_seconds=2)
-    assert running(promotable, "production") == images(OLD)
+    assert running_images(promotable, "production") == images(OLD)
     (row,) = audit_rows()
     assert row["decision"] == "timed out"
 
@@ -246,7 +224,7 @@ def test_refused_input_keeps_the_run_waiting(
     assert seen["answer"]["status"] == "REJECT", why
     assert seen["state"] == "PAUSED", why
     assert state.name == "Rejected"
-    assert running(promotable, "production") == images(OLD)
+    assert running_images(promotable, "production") == images(OLD)
 
 
 def test_freeze_window_refuses_and_an_override_is_recorded(
@@ -270,11 +248,11 @@ def test_freeze_window_refuses_and_an_override_is_recorded(
     )
     with pytest.raises(GuardError, match=r"'launch-week'.*in force until"):
         promote(tmp_path, app_server)
-    assert running(promotable, "production") == images(OLD)
+    assert running_images(promotable, "production") == images(OLD)
 
     resumer(decide("approve", "alice", "hotfix for outage"))
     promote(tmp_path, app_server, freeze_override_reason="INC-7 hotfix")
-    assert running(promotable, "production") == images(NEW)
+    assert running_images(promotable, "production") == images(NEW)
     (row,) = audit_rows()
     assert row["freeze_override"] == "launch-week: INC-7 hotfix"
 
@@ -287,7 +265,7 @@ def test_failed_production_rollout_is_rolled_back(
     resumer(decide("approve", "alice"))
     with pytest.raises(DeployFailed, match="rolled back"):
         promote(tmp_path, app_server)
-    assert running(promotable, "production") == images(OLD)
+    assert running_images(promotable, "production") == images(OLD)
     (row,) = audit_rows()
     assert row["outcome"].startswith("deploy failed")
 
@@ -307,16 +285,16 @@ def test_only_digests_that_passed_stagings_smoke_tests_can_be_promoted(
     tests is refused, and a later plain health check (no digests) does not vouch for it;
     once OLD's own deploy smoke-tests it, a failed health check still refuses."""
     deploy(images=images(OLD), run_smoke_tests=False)
-    assert running(promotable, "staging") == images(OLD)
+    assert running_images(promotable, "staging") == images(OLD)
     promotable.clear_log()
     # A short timeout: without the guard the run would pause for an approval instead.
     with pytest.raises(PromotionRefused, match="digests are other ones.*" + NEW):
         promote(tmp_path, app_server, images=images(OLD), approval_timeout_seconds=2)
-    asyncio.run(smoke_test(checks_file=checks(tmp_path, app_server, "staging")))
+    asyncio.run(smoke_test(checks_file=checks_file(tmp_path, app_server, "staging")))
     with pytest.raises(PromotionRefused, match="other ones"):
         promote(tmp_path, app_server, images=images(OLD), approval_timeout_seconds=2)
-    deploy(images=images(OLD), smoke_checks_file=checks(tmp_path, app_server, "staging"))
-    broken = checks(tmp_path, app_server, "staging", path="/missing")
+    deploy(images=images(OLD), smoke_checks_file=checks_file(tmp_path, app_server, "staging"))
+    broken = checks_file(tmp_path, app_server, "staging", path="/missing")
     with pytest.raises(SmokeTestFailed):
         asyncio.run(smoke_test(checks_file=broken, warmup_seconds=0))
     with pytest.raises(PromotionRefused, match=r"newest run .* failed"):
@@ -374,7 +352,7 @@ def test_production_changed_while_waiting_is_refused(
     resumer(change_then_approve)
     with pytest.raises(PromotionRefused, match="changed after the diff was shown"):
         promote(tmp_path, app_server)
-    assert running(promotable, "production") == images(OLD)
+    assert running_images(promotable, "production") == images(OLD)
     (row,) = audit_rows()
     assert row["decision"] == "refused"
     assert "ConfigMap/production/rsolv-config" in row["outcome"]

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect import flow, get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
+from prefect import flow
 
 from flows.provision import ARTIFACT_KEY, ProvisionReport, provision_staging
 from rsolv_staging.environments import default_topology, topology_from_mapping
@@ -21,6 +19,7 @@ from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects, retrying
 from tasks.manifests import DEPLOYMENTS, render
 from tasks.secrets import secret_env_var
+from tests.plugins.releases import latest_artifact
 
 TOPOLOGY = default_topology()
 # The staging monitoring stack (deployments/monitoring), as the provision flow applies it.
@@ -174,18 +173,6 @@ def test_second_run_changes_nothing_and_says_so(
     assert versions == {
         object_key(o): o["metadata"]["resourceVersion"] for o in cluster.list("Secret", "staging")
     }
-
-
-def latest_artifact(key: str) -> str:
-    """The newest artifact's data under ``key``, read back from the Prefect API."""
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    assert artifacts, f"no artifact {key}"
-    return str(artifacts[0].data)
 
 
 def test_report_artifact_lists_objects_and_never_a_secret_value(

@@ -1,0 +1,62 @@
+"""Helpers shared by the deploy and promotion tests: image references, what a namespace
+runs, smoke checks files aimed at the local app server, and artifacts read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+
+from rsolv_staging.kube_emulator import KubeEmulator
+from tests.plugins.http import Server
+
+API = "ghcr.io/rsolv-dev/rsolv-api"
+LANDING = "ghcr.io/rsolv-dev/rsolv-landing"
+
+
+def images(digest: str) -> dict[str, str]:
+    """Both apps' image references at ``digest``."""
+    return {"rsolv-api": f"{API}@{digest}", "rsolv-landing": f"{LANDING}@{digest}"}
+
+
+def running_images(kube: KubeEmulator, namespace: str) -> dict[str, str]:
+    """Deployment name -> the image its first container runs in ``namespace``."""
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for d in kube.list("Deployment", namespace)
+    }
+
+
+def checks_file(
+    tmp_path: Path, server: Server, environment: str = "staging", path: str = "/api/health"
+) -> str:
+    """A smoke checks file for ``environment`` aimed at ``server``: its landing page and
+    ``path`` must answer 200 (``/500`` makes the smoke test fail)."""
+    file = tmp_path / f"{environment}-checks{path.replace('/', '-')}.yaml"
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "environment": environment,
+                "checks": [
+                    {"name": "landing", "url": f"{server.url}/", "status": 200},
+                    {"name": "api", "url": f"{server.url}{path}", "status": 200},
+                ],
+            }
+        )
+    )
+    return str(file)
+
+
+def latest_artifact(key: str) -> str:
+    """The newest artifact's data under ``key``, read back from the Prefect API."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert artifacts, f"no artifact {key}"
+    return str(artifacts[0].data)
