@@ -16,9 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.smoke_test import artifact_key, smoke_test
 from rsolv_staging.environments import EnvironmentName, default_topology
@@ -40,6 +37,7 @@ from rsolv_staging.smoke import (
 )
 from tasks.http import run_check, run_checks
 from tests.plugins.http import PKI, Server, closed_port
+from tests.plugins.releases import newest_artifact
 
 # Fast warm-up for tests: real backoff, smaller numbers.
 FAST = WarmupPolicy(budget_seconds=5, initial_delay_seconds=0.05, max_delay_seconds=0.2)
@@ -377,15 +375,9 @@ def _checks_file(tmp_path: Path, checks: list[dict[str, Any]]) -> str:
 
 
 def _table(key: str) -> list[dict[str, Any]]:
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    assert artifacts, f"no artifact {key}"
-    assert artifacts[0].type == "table"
-    data = artifacts[0].data
+    artifact = newest_artifact(key)
+    assert artifact.type == "table"
+    data = artifact.data
     rows = json.loads(data) if isinstance(data, str) else data
     assert isinstance(rows, list)
     return rows

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.objects import Artifact
 from prefect.client.schemas.sorting import ArtifactSort
 
 from rsolv_staging.kube_emulator import KubeEmulator
@@ -50,8 +51,8 @@ def checks_file(
     return str(file)
 
 
-def latest_artifact(key: str) -> str:
-    """The newest artifact's data under ``key``, read back from the Prefect API."""
+def newest_artifact(key: str) -> Artifact:
+    """The newest artifact under ``key``, read back from the Prefect API."""
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
@@ -59,4 +60,9 @@ def latest_artifact(key: str) -> str:
             limit=1,
         )
     assert artifacts, f"no artifact {key}"
-    return str(artifacts[0].data)
+    return artifacts[0]
+
+
+def latest_artifact(key: str) -> str:
+    """The newest artifact's data under ``key``, as text."""
+    return str(newest_artifact(key).data)
