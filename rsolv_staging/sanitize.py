@@ -120,6 +120,57 @@ def check_rules(
     return problems
 
 
+class MaskShape(BaseModel):
+    """How every column under one strategy and provider is masked: alike, so a value and
+    its foreign keys (and joins across tables) still match."""
+
+    unique: bool = False
+    max_length: int | None = None
+
+
+def _shape_key(rule: Rule) -> tuple[str, str | None, str | None]:
+    return (rule.strategy, rule.provider, rule.value)
+
+
+def mask_shapes(
+    rules: Rules, columns: Iterable[tuple[str, bool, int | None]]
+) -> tuple[dict[tuple[str, str | None, str | None], MaskShape], list[str]]:
+    """One shape per strategy and provider over the copied ``columns`` (rule key, under a
+    unique index, character limit), and the problems that would fail the copy.
+
+    A provider is unique everywhere if one column using it is unique, and is cut to the
+    shortest limit among its columns: a key in a ``text`` column and its foreign key in
+    a ``varchar(30)`` must get the same value. A unique fake needs room for its 64-bit
+    tag, and a unique ``hash`` for 64 bits of hex.
+    """
+    shapes: dict[tuple[str, str | None, str | None], MaskShape] = {}
+    users: dict[tuple[str, str | None, str | None], list[str]] = {}
+    for name, unique, limit in columns:
+        rule = rules.columns.get(name)
+        if rule is None or rule.strategy not in ("fake", "hash"):
+            continue
+        key = _shape_key(rule)
+        shape = shapes.setdefault(key, MaskShape())
+        users.setdefault(key, []).append(name)
+        shape.unique = shape.unique or unique
+        if limit is not None:
+            shape.max_length = limit if shape.max_length is None else min(shape.max_length, limit)
+    problems = [
+        f"{', '.join(sorted(set(users[key])))}: {key[0]} of a unique column needs at least "
+        f"{TAG_HEX} characters, the shortest column allows {shape.max_length}"
+        for key, shape in sorted(shapes.items(), key=lambda item: str(item[0]))
+        if shape.unique and shape.max_length is not None and shape.max_length < TAG_HEX
+    ]
+    return shapes, problems
+
+
+def shape_of(
+    shapes: Mapping[tuple[str, str | None, str | None], MaskShape], rule: Rule
+) -> MaskShape:
+    """The shape :func:`mask_shapes` gave ``rule`` (none for ``null``/``fixed``/``keep``)."""
+    return shapes.get(_shape_key(rule), MaskShape())
+
+
 def personal_columns(columns: Iterable[str], rules: Rules | None) -> list[str]:
     """Columns whose name looks like personal data and that have no rule."""
     ruled = set(rules.columns) if rules else set()
@@ -298,6 +349,8 @@ class LineMasker:
             columns: list[Sequence[bytes]] = list(zip(*rows, strict=True))
         except ValueError:
             raise ValueError("COPY rows with different numbers of fields") from None
+        if len(columns) < len(self._maskers):
+            raise ValueError("COPY rows with fewer fields than masked columns")
         for index, mask in self._maskers:
             columns[index] = mask(columns[index])
         return b"\n".join(map(b"\t".join, zip(*columns, strict=True))) + b"\n"

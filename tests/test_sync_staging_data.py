@@ -37,7 +37,15 @@ from flows.sync_staging_data import (
 )
 from rsolv_staging.environments import Database, topology_from_mapping
 from rsolv_staging.exceptions import ConfigurationError, DataError, GuardError
-from rsolv_staging.sanitize import LineMasker, MaskerFactory, Rule, parse_rules, personal_columns
+from rsolv_staging.sanitize import (
+    LineMasker,
+    MaskerFactory,
+    Rule,
+    mask_shapes,
+    parse_rules,
+    personal_columns,
+    shape_of,
+)
 from rsolv_staging.sync import (
     CONCURRENCY_LIMIT,
     PostDataObject,
@@ -430,6 +438,8 @@ def test_the_line_masker_keeps_copy_text_well_formed_across_chunks() -> None:
     # Rows of a COPY all have the same number of fields: a short one fails the copy.
     with pytest.raises(ValueError, match="different numbers of fields"):
         LineMasker([email]).feed(b"ann@x.io\t7\nbob@x.io\n")
+    with pytest.raises(ValueError, match="fewer fields than masked columns"):
+        LineMasker([email, fixed]).feed(b"ann@x.io\n")
     partial = LineMasker([])
     assert partial.feed(b"no newline yet") == b""
     with pytest.raises(ValueError, match="middle of a row"):
@@ -476,6 +486,42 @@ def test_maskers_are_shared_by_columns_with_the_same_rule_and_keyed_by_the_salt(
     # The whole 64-bit tag leads every value, then the (shortened) fake keeps its domain.
     assert all(re.fullmatch(rb"[0-9a-f]{16}\.[^@]*@[^@]+", v) for v in values)
     assert any(len(v) < len(w) for v, w in zip(values, unlimited, strict=True))
+
+
+def test_columns_under_one_rule_share_its_uniqueness_and_shortest_limit() -> None:
+    """A key and its foreign key get one shape (unique anywhere, the shortest limit);
+    a unique column too short for the 64-bit tag is a problem before anything runs."""
+    rules = parse_rules(
+        {
+            "columns": {
+                "a.email": {"fake": "email"},
+                "b.email": {"fake": "email"},
+                "a.code": "hash",
+                "b.name": {"fake": "name"},
+            }
+        }
+    )
+    columns = [
+        ("public.a.email", True, None),
+        ("public.b.email", False, 30),
+        ("public.a.code", False, 12),
+        ("public.b.name", False, None),
+    ]
+    shapes, problems = mask_shapes(rules, columns)
+    assert problems == []
+    email = shape_of(shapes, rules.columns["public.b.email"])
+    assert (email.unique, email.max_length) == (True, 30)
+    assert shape_of(shapes, rules.columns["public.b.name"]).unique is False
+    # The same value masks the same in the text key and the varchar(30) reference.
+    masker = MaskerFactory(b"salt").masker(
+        rules.columns["public.a.email"], unique=email.unique, max_length=email.max_length
+    )
+    assert all(len(v.decode()) <= 30 for v in masker([b"someone.long@example.com"]))
+    _, problems = mask_shapes(rules, [*columns, ("public.a.code", True, 12)])
+    assert problems == [
+        "public.a.code: hash of a unique column needs at least 16 characters, "
+        "the shortest column allows 12"
+    ]
 
 
 def test_personal_looking_columns_without_a_rule_are_listed() -> None:
@@ -789,6 +835,47 @@ def test_a_rule_for_an_unknown_column_fails_before_any_copy(
         prepare_sync.fn(
             SecretStr(source.dsn), SecretStr(pg_staging.dsn), production_model, live_name, rules
         )
+    assert databases(pg_staging) == before
+
+
+def test_a_key_and_its_shorter_foreign_key_mask_alike_and_a_short_unique_is_refused(
+    production_database: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """An email key in a text column and a varchar(30) foreign key to it get the same
+    fake, so the constraint holds on staging; a unique column with no room for the tag
+    stops the copy before staging gets anything."""
+    with psycopg.connect(production_database.dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE people (email text PRIMARY KEY);"
+            "CREATE TABLE notes (author varchar(30) NOT NULL REFERENCES people (email));"
+            "INSERT INTO people SELECT 'person.number' || g || '@example.com'"
+            " FROM generate_series(1, 200) g;"
+            "INSERT INTO notes SELECT 'person.number' || (1 + g % 200) || '@example.com'"
+            " FROM generate_series(1, 500) g;"
+        )
+    rules = parse_rules(
+        {"columns": {"people.email": {"fake": "email"}, "notes.author": {"fake": "email"}}}
+    )
+    src, dst = SecretStr(production_database.dsn), SecretStr(pg_staging.dsn)
+    plan = prepare_sync.fn(src, dst, production_model, live_name, rules)
+    result = copy_database.fn(src, dst, production_model, plan, rules=rules, salt=SecretStr("p"))
+    verify_copy.fn(dst, plan, result)
+    swap_database.fn(dst, production_model, plan)
+    live = pg_staging.dsn_for(live_name)
+    assert query(live, "SELECT count(*) FROM notes JOIN people ON author = email") == [(500,)]
+    assert query(live, "SELECT max(length(email)) <= 30 FROM people") == [(True,)]
+    assert not query(live, "SELECT 1 FROM people WHERE email LIKE 'person.number%'")
+
+    with psycopg.connect(production_database.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE codes (code varchar(12) UNIQUE)")
+    before = databases(pg_staging)
+    short = parse_rules({"columns": {"codes.code": {"fake": "word"}}})
+    plan = prepare_sync.fn(src, dst, production_model, live_name, short)
+    with pytest.raises(ConfigurationError, match=r"public\.codes\.code: fake of a unique"):
+        copy_database.fn(src, dst, production_model, plan, rules=short, salt=SecretStr("p"))
     assert databases(pg_staging) == before
 
 

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -46,7 +46,16 @@ from pydantic import BaseModel, Field, SecretStr
 
 from rsolv_staging.environments import Database
 from rsolv_staging.exceptions import ConfigurationError, DataError, GuardError, SecretError
-from rsolv_staging.sanitize import LineMasker, MaskerFactory, Rules, check_rules, personal_columns
+from rsolv_staging.sanitize import (
+    LineMasker,
+    MaskerFactory,
+    MaskShape,
+    Rules,
+    check_rules,
+    mask_shapes,
+    personal_columns,
+    shape_of,
+)
 from rsolv_staging.settings import load_settings
 from rsolv_staging.sync import (
     CopyResult,
@@ -632,8 +641,17 @@ def _pipe_table(
             masker.close()
         except BrokenPipeError:
             pass  # the writer failed; its stderr says why
+        except BaseException:
+            # Masking failed: closing the writer's input would end its COPY normally and
+            # commit the rows so far. Kill both ends first, and reap them.
+            for process in (writer, reader):
+                process.kill()
+            for process in (writer, reader):
+                process.wait()
+            raise
         finally:
-            writer.stdin.close()
+            with suppress(OSError):  # a killed writer: the flush of its input fails
+                writer.stdin.close()
             reader.stdout.close()
     reader_err = reader.stderr.read().decode(errors="replace") if reader.stderr else ""
     assert writer.stdout is not None
@@ -655,6 +673,11 @@ def _pipe_table(
     return int(sent[-1]), int(took[-1])
 
 
+# Copies in one process share the freeze: the last to finish unfreezes.
+_frozen_lock = threading.Lock()
+_frozen_depth = 0
+
+
 @contextmanager
 def _frozen_heap() -> Iterator[None]:
     """Keep the cyclic garbage collector off the objects that exist now.
@@ -665,11 +688,18 @@ def _frozen_heap() -> Iterator[None]:
     masking for 2.5M rows, measured. Frozen objects are skipped by collections until
     they are unfrozen; nothing is collected less, only later.
     """
-    gc.freeze()
+    global _frozen_depth
+    with _frozen_lock:
+        if _frozen_depth == 0:
+            gc.freeze()
+        _frozen_depth += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        with _frozen_lock:
+            _frozen_depth -= 1
+            if _frozen_depth == 0:
+                gc.unfreeze()
 
 
 def _widen(pipe: Any) -> None:
@@ -725,7 +755,7 @@ def copy_database(
     factory = MaskerFactory(salt.get_secret_value().encode()) if rules and salt else None
     if rules is not None and factory is None:
         raise ConfigurationError("sanitization rules need a salt secret")
-    unique_providers: set[str] = set()
+    shapes: dict[tuple[str, str | None, str | None], MaskShape] = {}
 
     def phase(name: str, started: float, nbytes: int = 0) -> None:
         phases.append(Phase(name=name, seconds=time.perf_counter() - started, bytes=nbytes))
@@ -769,13 +799,20 @@ def copy_database(
         ).fetchone()
         encoding = str(encoding_row[0]) if encoding_row else "UTF8"
         total_bytes = sum(t.bytes for t in tables)
-        # A provider gets uniqueness suffixes everywhere if any column using it is unique,
-        # so that a value and a foreign key to it are masked alike.
-        for t in tables:
-            for column in t.unique_columns:
-                rule = rules.columns.get(f"{t.root}.{column}") if rules else None
-                if rule is not None and rule.strategy == "fake" and rule.provider:
-                    unique_providers.add(rule.provider)
+        if rules is not None:
+            shapes, problems = mask_shapes(
+                rules,
+                (
+                    (f"{t.root}.{c}", c in t.unique_columns, t.max_lengths.get(c))
+                    for t in tables
+                    for c in t.columns
+                ),
+            )
+            if problems:
+                raise ConfigurationError(
+                    "sanitize rules do not fit the source, nothing was copied: "
+                    + "; ".join(problems)
+                )
 
         with connect_for_writing(target_dsn, production, autocommit=True) as admin:
             admin.execute(
@@ -848,7 +885,7 @@ def copy_database(
         built: list[str] = []
         builds = 0
 
-        maskings = {t.key: _masker_for(t, rules, factory, unique_providers) for t in tables}
+        maskings = {t.key: _masker_for(t, rules, factory, shapes) for t in tables}
         masked = {key for key, masking in maskings.items() if masking is not None}
 
         def load(src: psycopg.Connection[Any], table: _Table) -> tuple[int, int]:
@@ -1020,7 +1057,10 @@ def _toc_name(entry: TocEntry) -> str:
 
 
 def _masker_for(
-    table: _Table, rules: Rules | None, factory: MaskerFactory | None, unique_providers: set[str]
+    table: _Table,
+    rules: Rules | None,
+    factory: MaskerFactory | None,
+    shapes: Mapping[tuple[str, str | None, str | None], MaskShape],
 ) -> tuple[list[str], LineMasker] | None:
     """The column order of a masked copy (masked columns first) and its masker; ``None``
     when nothing in ``table`` is masked."""
@@ -1033,13 +1073,10 @@ def _masker_for(
         rule = rules.columns.get(f"{table.root}.{column}")
         if rule is not None and rule.strategy != "keep":
             masked.append(column)
-            maskers.append(
-                factory.masker(
-                    rule,
-                    unique=rule.provider in unique_providers,
-                    max_length=table.max_lengths.get(column),
-                )
-            )
+            # The shape of all columns under this rule, not this column's own: a value
+            # and its foreign keys must be masked alike.
+            shape = shape_of(shapes, rule)
+            maskers.append(factory.masker(rule, unique=shape.unique, max_length=shape.max_length))
     if not masked:
         return None
     return masked + [c for c in table.columns if c not in masked], LineMasker(maskers)
