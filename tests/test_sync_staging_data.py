@@ -12,6 +12,7 @@ Task bodies run through ``.fn``; one whole flow runs on the Prefect API.
 # ruff: noqa: E501
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -62,6 +63,7 @@ from rsolv_staging.sync import (
 )
 from tasks.postgres.sync import (
     SyncPlan,
+    _frozen_heap,
     copy_database,
     find_tools,
     prepare_sync,
@@ -522,6 +524,18 @@ def test_columns_under_one_rule_share_its_uniqueness_and_shortest_limit() -> Non
         "public.a.code: hash of a unique column needs at least 16 characters, "
         "the shortest column allows 12"
     ]
+
+
+def test_the_heap_stays_frozen_until_the_last_copy_masking_in_the_process_ends() -> None:
+    """Two copies in one process: the first to finish must not unfreeze the other's heap."""
+    assert gc.get_freeze_count() == 0
+    with _frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with _frozen_heap():
+            pass
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0
 
 
 def test_personal_looking_columns_without_a_rule_are_listed() -> None:
