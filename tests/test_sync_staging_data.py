@@ -530,11 +530,11 @@ def test_the_heap_stays_frozen_until_the_last_copy_masking_in_the_process_ends()
     """Two copies in one process: the first to finish must not unfreeze the other's heap."""
     assert gc.get_freeze_count() == 0
     with _frozen_heap():
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
+        assert gc.get_freeze_count() > 0
         with _frozen_heap():
             pass
-        assert gc.get_freeze_count() == frozen
+        # Frozen objects may still be freed (the count drops), but not all unfrozen.
+        assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
 
 
