@@ -134,9 +134,10 @@ def _shape_key(rule: Rule) -> tuple[str, str | None, str | None]:
 
 def mask_shapes(
     rules: Rules, columns: Iterable[tuple[str, bool, int | None]]
-) -> tuple[dict[tuple[str, str | None, str | None], MaskShape], list[str]]:
-    """One shape per strategy and provider over the copied ``columns`` (rule key, under a
-    unique index, character limit), and the problems that would fail the copy.
+) -> tuple[dict[str, MaskShape], list[str]]:
+    """The shape of each masked column (by rule key) among the copied ``columns`` (rule
+    key, under a unique index, character limit), and the problems that would fail the
+    copy. Columns under the same strategy and provider share one shape.
 
     A provider is unique everywhere if one column using it is unique, and is cut to the
     shortest limit among its columns: a key in a ``text`` column and its foreign key in
@@ -161,14 +162,8 @@ def mask_shapes(
         for key, shape in sorted(shapes.items(), key=lambda item: str(item[0]))
         if shape.unique and shape.max_length is not None and shape.max_length < TAG_HEX
     ]
-    return shapes, problems
-
-
-def shape_of(
-    shapes: Mapping[tuple[str, str | None, str | None], MaskShape], rule: Rule
-) -> MaskShape:
-    """The shape :func:`mask_shapes` gave ``rule`` (none for ``null``/``fixed``/``keep``)."""
-    return shapes.get(_shape_key(rule), MaskShape())
+    by_column = {name: shapes[key] for key, names in users.items() for name in names}
+    return by_column, problems
 
 
 def personal_columns(columns: Iterable[str], rules: Rules | None) -> list[str]:

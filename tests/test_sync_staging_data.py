@@ -45,7 +45,6 @@ from rsolv_staging.sanitize import (
     mask_shapes,
     parse_rules,
     personal_columns,
-    shape_of,
 )
 from rsolv_staging.sync import (
     CONCURRENCY_LIMIT,
@@ -511,9 +510,9 @@ def test_columns_under_one_rule_share_its_uniqueness_and_shortest_limit() -> Non
     ]
     shapes, problems = mask_shapes(rules, columns)
     assert problems == []
-    email = shape_of(shapes, rules.columns["public.b.email"])
+    email = shapes["public.b.email"]
     assert (email.unique, email.max_length) == (True, 30)
-    assert shape_of(shapes, rules.columns["public.b.name"]).unique is False
+    assert shapes["public.b.name"].unique is False
     # The same value masks the same in the text key and the varchar(30) reference.
     masker = MaskerFactory(b"salt").masker(
         rules.columns["public.a.email"], unique=email.unique, max_length=email.max_length

@@ -54,7 +54,6 @@ from rsolv_staging.sanitize import (
     check_rules,
     mask_shapes,
     personal_columns,
-    shape_of,
 )
 from rsolv_staging.settings import load_settings
 from rsolv_staging.sync import (
@@ -755,7 +754,7 @@ def copy_database(
     factory = MaskerFactory(salt.get_secret_value().encode()) if rules and salt else None
     if rules is not None and factory is None:
         raise ConfigurationError("sanitization rules need a salt secret")
-    shapes: dict[tuple[str, str | None, str | None], MaskShape] = {}
+    shapes: dict[str, MaskShape] = {}
 
     def phase(name: str, started: float, nbytes: int = 0) -> None:
         phases.append(Phase(name=name, seconds=time.perf_counter() - started, bytes=nbytes))
@@ -1060,7 +1059,7 @@ def _masker_for(
     table: _Table,
     rules: Rules | None,
     factory: MaskerFactory | None,
-    shapes: Mapping[tuple[str, str | None, str | None], MaskShape],
+    shapes: Mapping[str, MaskShape],
 ) -> tuple[list[str], LineMasker] | None:
     """The column order of a masked copy (masked columns first) and its masker; ``None``
     when nothing in ``table`` is masked."""
@@ -1070,12 +1069,13 @@ def _masker_for(
     maskers = []
     for column in table.columns:
         # Rules name a partitioned table; its rows are copied partition by partition.
-        rule = rules.columns.get(f"{table.root}.{column}")
+        name = f"{table.root}.{column}"
+        rule = rules.columns.get(name)
         if rule is not None and rule.strategy != "keep":
             masked.append(column)
             # The shape of all columns under this rule, not this column's own: a value
             # and its foreign keys must be masked alike.
-            shape = shape_of(shapes, rule)
+            shape = shapes.get(name, MaskShape())
             maskers.append(factory.masker(rule, unique=shape.unique, max_length=shape.max_length))
     if not masked:
         return None
