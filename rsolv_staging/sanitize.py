@@ -52,6 +52,11 @@ class Rules(BaseModel):
     """A parsed rules file: ``schema.table.column`` -> rule."""
 
     columns: dict[str, Rule]
+    large_objects: Literal["keep", "empty"] | None = Field(
+        default=None,
+        description="Large objects copied as they are, or as empty objects under the same "
+        "OIDs (the columns pointing at them stay valid); unset: copied, and reported",
+    )
 
 
 def _qualify(name: str) -> str:
@@ -92,7 +97,12 @@ def parse_rules(raw: Any) -> Rules:
                 "{fake: <provider>}, {fixed: <value>}"
             )
         columns[key] = rule
-    return Rules(columns=columns)
+    large_objects = raw.get("large_objects")
+    if large_objects not in (None, "keep", "empty"):
+        raise ConfigurationError(
+            f"sanitize rules: large_objects is {large_objects!r}, not one of keep, empty"
+        )
+    return Rules(columns=columns, large_objects=large_objects)
 
 
 def check_rules(

@@ -84,6 +84,20 @@ def major_of(version_num: int) -> int:
     return version_num // 10_000
 
 
+def session_settings(version_num: int) -> tuple[str, ...]:
+    """``name=value`` settings of every sync session on a server of ``version_num``.
+
+    No timeout of the server's, the database's or the role's may cut a long copy short
+    (``pg_dump`` and ``pg_restore`` set the same): production databases often carry a
+    ``statement_timeout`` meant for the application, and the snapshot's session sits
+    idle in its transaction for the whole copy.
+    """
+    settings = ["statement_timeout=0", "lock_timeout=0", "idle_in_transaction_session_timeout=0"]
+    if version_num >= 170_000:
+        settings.append("transaction_timeout=0")
+    return tuple(settings)
+
+
 def parse_tool_version(output: str) -> int:
     """The major version in ``pg_dump --version`` output (``pg_dump (PostgreSQL) 18.6``)."""
     match = re.search(r"\)\s*(\d+)(?:\.(\d+))?", output)
@@ -427,6 +441,124 @@ def toc_list(entries: Iterable[TocEntry]) -> str:
 # --- verification -----------------------------------------------------------------
 
 
+class DatabaseProperties(BaseModel):
+    """What a database carries outside its schema: ``pg_dump`` writes it only with
+    ``--create``, so the sync reads it from ``pg_database`` and sets it itself."""
+
+    encoding: str
+    locale_provider: str = Field(default="libc", description="libc, icu or builtin")
+    collate: str
+    ctype: str
+    locale: str | None = Field(default=None, description="The ICU or builtin locale")
+    icu_rules: str | None = None
+    settings: list[str] = Field(
+        default_factory=list,
+        description="ALTER DATABASE ... SET, as pg_db_role_setting keeps them (name=value)",
+    )
+    comment: str | None = None
+
+
+def database_properties_query(version_num: int) -> str:
+    """The query of :class:`DatabaseProperties` for the current database on a server of
+    ``version_num`` (the locale columns changed in 15, 16 and 17)."""
+    provider = "'libc'"
+    if version_num >= 150_000:
+        provider = (
+            "CASE d.datlocprovider WHEN 'i' THEN 'icu' WHEN 'b' THEN 'builtin' ELSE 'libc' END"
+        )
+    locale = "NULL::text"
+    if version_num >= 170_000:
+        locale = "d.datlocale"
+    elif version_num >= 150_000:
+        locale = "d.daticulocale"
+    rules = "d.daticurules" if version_num >= 160_000 else "NULL::text"
+    return f"""
+SELECT pg_encoding_to_char(d.encoding), {provider}, d.datcollate, d.datctype, {locale}, {rules},
+       coalesce((SELECT s.setconfig FROM pg_db_role_setting s
+                 WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}'),
+       shobj_description(d.oid, 'pg_database')
+FROM pg_database d WHERE d.datname = current_database()
+"""
+
+
+def create_database_options(props: DatabaseProperties, version_num: int) -> list[tuple[str, str]]:
+    """``CREATE DATABASE`` options (keyword, value) giving a server of ``version_num`` a
+    database with the encoding and locale of ``props``.
+
+    Raises:
+        ConfigurationError: the server's version cannot have that locale provider.
+    """
+    options = [
+        ("ENCODING", props.encoding),
+        ("LC_COLLATE", props.collate),
+        ("LC_CTYPE", props.ctype),
+    ]
+    needs = {"icu": 150_000, "builtin": 170_000}.get(props.locale_provider, 0)
+    if props.icu_rules:
+        needs = max(needs, 160_000)
+    if version_num < needs:
+        raise ConfigurationError(
+            f"the source database uses the {props.locale_provider} locale provider"
+            + (" with ICU rules" if props.icu_rules else "")
+            + f", which staging's PostgreSQL {version_num // 10_000} does not have; "
+            f"it needs PostgreSQL {needs // 10_000} or later"
+        )
+    if version_num >= 150_000:
+        options.append(("LOCALE_PROVIDER", props.locale_provider))
+    if props.locale_provider == "icu" and props.locale:
+        options.append(("ICU_LOCALE", props.locale))
+    if props.locale_provider == "builtin" and props.locale:
+        options.append(("BUILTIN_LOCALE", props.locale))
+    if props.icu_rules:
+        options.append(("ICU_RULES", props.icu_rules))
+    return options
+
+
+# Settings whose value is a list of quoted names (PostgreSQL's GUC_LIST_QUOTE; pg_dump
+# keeps the same list): stored flattened, they must be set again item by item.
+_LIST_SETTINGS = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
+
+
+def split_setting(entry: str) -> tuple[str, list[str]]:
+    """A ``pg_db_role_setting`` entry as (name, values for ``SET name TO v1, v2``).
+
+    ``search_path="$user", public`` -> (search_path, ["$user", "public"]): setting the
+    flattened text as one value would make it a single schema named ``"$user", public``.
+    """
+    name, sep, value = entry.partition("=")
+    if not sep or not name:
+        raise ConfigurationError(f"database setting {entry!r}: expected name=value")
+    if name.lower() not in _LIST_SETTINGS:
+        return name, [value]
+    items: list[str] = []
+    rest = value.strip()
+    while True:
+        if rest.startswith('"'):
+            match = re.match(r'"((?:[^"]|"")*)"\s*', rest)
+            if match is None:
+                raise ConfigurationError(f"database setting {entry!r}: unbalanced quotes")
+            items.append(match.group(1).replace('""', '"'))
+            rest = rest[match.end() :]
+        else:
+            item, _, tail = rest.partition(",")
+            items.append(item.strip())
+            rest = "," + tail if _ else ""
+        if not rest:
+            return name, items
+        if not rest.startswith(","):
+            raise ConfigurationError(f"database setting {entry!r}: expected a comma")
+        rest = rest[1:].strip()
+
+
 class SourceFacts(BaseModel):
     """What the source held at the snapshot: the reference a copy is verified against."""
 
@@ -437,6 +569,9 @@ class SourceFacts(BaseModel):
     objects: dict[str, int] = Field(description="Object counts by kind")
     checksums: dict[str, str] = Field(default_factory=dict, description="Per-table checksum")
     bytes: int = Field(description="Size of the copied tables on the source")
+    database: DatabaseProperties | None = Field(
+        default=None, description="Encoding, locale, settings and comment of the database"
+    )
 
 
 class Verification(BaseModel):
@@ -462,12 +597,22 @@ def compare_facts(
     objects: Mapping[str, int],
     checksums: Mapping[str, str],
     masked_tables: Iterable[str] = (),
+    database: DatabaseProperties | None = None,
 ) -> Verification:
     """Every difference between the source and the copy, in words.
 
     Checksums of masked tables differ on purpose and are not compared.
     """
     problems: list[str] = []
+    if expected.database is not None:
+        want_db = expected.database.model_dump()
+        got_db = database.model_dump() if database is not None else {}
+        for prop, want_value in want_db.items():
+            if got_db.get(prop) != want_value:
+                problems.append(
+                    f"database {prop}: {want_value!r} in the source, {got_db.get(prop)!r} "
+                    "in the copy"
+                )
     for name in sorted(expected.rows.keys() | rows.keys()):
         want, got = expected.rows.get(name), rows.get(name)
         if want != got:

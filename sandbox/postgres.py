@@ -188,12 +188,13 @@ class PostgresServer:
         """A URI DSN for ``dbname``, password included (it is a test password)."""
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
 
-    def create_database(self, prefix: str = "test") -> PostgresDatabase:
-        """Create a new, empty database with a unique name."""
+    def create_database(self, prefix: str = "test", options: str = "") -> PostgresDatabase:
+        """Create a new, empty database with a unique name (``options``: SQL after
+        ``CREATE DATABASE name``, such as a template and a locale)."""
         self._counter += 1
         name = f"{prefix}_{os.getpid()}_{self._counter}_{secrets.token_hex(3)}"
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" {options}')
         return PostgresDatabase(self, name)
 
     def drop_database(self, database: PostgresDatabase | str) -> None:

@@ -48,15 +48,20 @@ from rsolv_staging.sanitize import (
 )
 from rsolv_staging.sync import (
     CONCURRENCY_LIMIT,
+    DatabaseProperties,
     PostDataObject,
     PostDataQueue,
+    SourceFacts,
     choose_tools,
+    compare_facts,
+    create_database_options,
     index_cost,
     load_order,
     next_load,
     parse_toc,
     parse_tool_version,
     plan_post_data,
+    split_setting,
     sync_names,
     toc_list,
 )
@@ -186,7 +191,7 @@ def sync(
 ) -> tuple[SyncPlan, str | None]:
     """One sync through the task bodies, as the flow chains them: (plan, rollback name)."""
     src, dst = SecretStr(source.dsn), SecretStr(staging.dsn)
-    plan = prepare_sync.fn(src, dst, production, live, options.pop("rules", None))
+    plan = prepare_sync.fn(src, dst, production, live, options.get("rules"))
     result = copy_database.fn(src, dst, production, plan, **options)
     verify_copy.fn(dst, plan, result)
     rollback = swap_database.fn(dst, production, plan)
@@ -253,6 +258,40 @@ def test_the_example_rules_file_is_valid() -> None:
     """data/sanitize-rules.yaml parses (it is the documented starting point)."""
     raw = yaml.safe_load((REPO / "data" / "sanitize-rules.yaml").read_text())
     assert parse_rules(raw).columns
+
+
+def test_database_settings_split_like_pg_dump_and_locales_need_a_capable_server() -> None:
+    """List settings are set item by item (one flattened string would be one schema
+    name); a locale provider the target's version lacks stops the copy before it starts;
+    verification names each database property that differs."""
+    assert split_setting('search_path="$user", public, "we ird"') == (
+        "search_path",
+        ["$user", "public", "we ird"],
+    )
+    assert split_setting('search_path=a,"b,""c"') == ("search_path", ["a", 'b,"c'])
+    assert split_setting('search_path=""') == ("search_path", [""])
+    assert split_setting("app.tenant=x, y") == ("app.tenant", ["x, y"])
+    with pytest.raises(ConfigurationError, match="unbalanced"):
+        split_setting('search_path="open')
+    builtin = DatabaseProperties(
+        encoding="UTF8", locale_provider="builtin", collate="C", ctype="C", locale="C.UTF-8"
+    )
+    assert ("BUILTIN_LOCALE", "C.UTF-8") in create_database_options(builtin, 180_006)
+    with pytest.raises(ConfigurationError, match=r"builtin locale provider.*PostgreSQL 17"):
+        create_database_options(builtin, 160_004)
+    libc = DatabaseProperties(encoding="LATIN1", collate="C", ctype="C")
+    assert create_database_options(libc, 140_000) == [
+        ("ENCODING", "LATIN1"),
+        ("LC_COLLATE", "C"),
+        ("LC_CTYPE", "C"),
+    ]
+    facts = SourceFacts(rows={}, sequences={}, objects={}, bytes=0, database=builtin)
+    got = builtin.model_copy(update={"settings": ["work_mem=1GB"]})
+    verdict = compare_facts(facts, rows={}, sequences={}, objects={}, checksums={}, database=got)
+    assert verdict.problems == ["database settings: [] in the source, ['work_mem=1GB'] in the copy"]
+    assert compare_facts(
+        facts, rows={}, sequences={}, objects={}, checksums={}, database=builtin
+    ).ok
 
 
 def test_tools_are_chosen_between_the_source_and_target_versions() -> None:
@@ -582,6 +621,83 @@ def test_a_sync_copies_every_object_kind_faithfully(
         assert conn.execute("SELECT count(*) FROM app.audit").fetchone() == (5001,)
     assert databases(pg_staging) >= {live_name}
     assert plan.new not in databases(pg_staging)
+
+
+def test_the_database_locale_settings_comment_and_large_objects_arrive(
+    pg_production: PostgresServer,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """What pg_dump --schema-only leaves out arrives too: the database's locale, its own
+    settings (incl. timeouts that would cut the copy's sessions short) and comment, and
+    its large objects (one larger than a read piece). With sanitization, large objects
+    without a policy are reported; ``large_objects: empty`` keeps their OIDs, not their
+    content."""
+    source = pg_production.create_database(
+        "production",
+        "TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' LOCALE 'C.UTF-8'",
+    )
+    unbounded = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+    big = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB: more than one 1 MiB piece
+    try:
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute('CREATE SCHEMA "we ird"')
+            conn.execute("CREATE TABLE docs (name text, body oid)")
+            conn.execute("INSERT INTO docs VALUES ('small', lo_from_bytea(0, 'hello'))")
+            conn.execute("INSERT INTO docs VALUES ('big', lo_from_bytea(0, %s))", (big,))
+            small = conn.execute("SELECT body FROM docs WHERE name = 'small'").fetchone()
+            assert small is not None
+            conn.execute(f"COMMENT ON LARGE OBJECT {small[0]} IS 'a greeting'")
+            name = source.name
+            conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'the real thing'")
+            conn.execute(f'ALTER DATABASE "{name}" SET search_path = "$user", public, "we ird"')
+            conn.execute(f"ALTER DATABASE \"{name}\" SET app.tenant = 'acme, inc'")
+            # Both would end the copy's sessions: the snapshot's idles in its transaction
+            # while the schema is dumped and restored.
+            conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '150ms'")
+            conn.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 100')
+        plan, _ = sync(source, pg_staging, production_model, live_name)
+        live_dsn = pg_staging.dsn_for(live_name)
+        properties = (
+            "SELECT d.datlocprovider, d.datlocale, d.datcollate, d.datctype,"
+            " (SELECT s.setconfig FROM pg_db_role_setting s"
+            "  WHERE s.setdatabase = d.oid AND s.setrole = 0),"
+            " shobj_description(d.oid, 'pg_database') FROM pg_database d"
+            " WHERE d.datname = current_database()"
+        )
+        with (
+            psycopg.connect(source.dsn, options=unbounded) as src,
+            psycopg.connect(live_dsn, options=unbounded) as dst,
+        ):
+            want = src.execute(properties).fetchone()
+            assert want is not None
+            assert (want[0], want[1]) == ("b", "C.UTF-8")
+            assert dst.execute(properties).fetchone() == want
+            contents = (
+                "SELECT d.name, d.body, md5(lo_get(d.body)), obj_description(d.body, 'pg_largeobject')"
+                " FROM docs d ORDER BY 1"
+            )
+            assert dst.execute(contents).fetchall() == src.execute(contents).fetchall()
+            # A session on staging gets the source's settings: the search path resolves.
+            assert dst.execute("SHOW search_path").fetchone() == ('"$user", public, "we ird"',)
+
+        # Sanitized: unset, large objects are reported; 'empty' keeps OIDs, not content.
+        rules = parse_rules({"columns": {}})
+        plan = prepare_sync.fn(
+            SecretStr(source.dsn), SecretStr(pg_staging.dsn), production_model, live_name, rules
+        )
+        assert "2 large objects (large_objects: keep or empty)" in plan.unmasked_personal
+        rules = parse_rules({"columns": {}, "large_objects": "empty"})
+        plan, _ = sync(
+            source, pg_staging, production_model, live_name, rules=rules, salt=SecretStr("s" * 32)
+        )
+        assert plan.masked == {"large objects": "empty"}
+        with psycopg.connect(live_dsn, options=unbounded) as dst:
+            sizes = "SELECT d.name, length(lo_get(d.body)) FROM docs d ORDER BY 1"
+            assert dst.execute(sizes).fetchall() == [("big", 0), ("small", 0)]
+    finally:
+        pg_production.drop_database(source)
 
 
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(

@@ -58,6 +58,7 @@ from rsolv_staging.sanitize import (
 from rsolv_staging.settings import load_settings
 from rsolv_staging.sync import (
     CopyResult,
+    DatabaseProperties,
     Phase,
     PostDataJob,
     PostDataObject,
@@ -68,6 +69,8 @@ from rsolv_staging.sync import (
     Verification,
     choose_tools,
     compare_facts,
+    create_database_options,
+    database_properties_query,
     index_cost,
     load_order,
     major_of,
@@ -75,6 +78,8 @@ from rsolv_staging.sync import (
     parse_toc,
     parse_tool_version,
     plan_post_data,
+    session_settings,
+    split_setting,
     sync_names,
     toc_list,
 )
@@ -118,10 +123,26 @@ def _with(dsn: SecretStr, **params: Any) -> SecretStr:
     return SecretStr(make_conninfo(dsn.get_secret_value(), **params))
 
 
+def _with_settings(conninfo: str, *settings: str) -> str:
+    """``conninfo`` with ``-c name=value`` settings after its own ``options``.
+
+    In the connection string, not in ``PGOPTIONS``: libpq ignores the environment
+    variable when the string has ``options`` of its own, and a later ``-c`` wins.
+    """
+    own = str(conninfo_to_dict(conninfo).get("options") or "")
+    added = " ".join(f"-c {setting}" for setting in settings)
+    return make_conninfo(conninfo, options=f"{own} {added}".strip())
+
+
 def _read_only(dsn: SecretStr) -> SecretStr:
     """``dsn`` with every transaction read-only by default (server-enforced)."""
-    options = str(conninfo_to_dict(dsn.get_secret_value()).get("options") or "")
-    return _with(dsn, options=(options + " -c default_transaction_read_only=on").strip())
+    return SecretStr(_with_settings(dsn.get_secret_value(), "default_transaction_read_only=on"))
+
+
+def _unbounded(dsn: SecretStr, version: int) -> SecretStr:
+    """``dsn`` with the sync's sessions exempt from the server's and database's timeouts
+    (a month's copy must not die of a ``statement_timeout`` meant for the application)."""
+    return SecretStr(_with_settings(dsn.get_secret_value(), *session_settings(version)))
 
 
 def _begin_snapshot(conn: psycopg.Connection[Any], snapshot: str | None = None) -> None:
@@ -144,6 +165,10 @@ def source_session(
     """A read-only source connection inside a snapshot transaction (its own or ``snapshot``)."""
     conn = connect(_read_only(dsn), autocommit=True)
     with conn:
+        for setting in session_settings(conn.info.server_version):
+            # SET, not startup options: the version is known only once connected.
+            name, value = setting.split("=", 1)
+            conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
         _begin_snapshot(conn, snapshot)
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute("SET DateStyle = 'ISO, YMD'")
@@ -151,15 +176,13 @@ def source_session(
         yield conn
 
 
-def _tool_env(dsn: SecretStr, *, read_only: bool = False) -> tuple[str, dict[str, str]]:
+def _tool_env(dsn: SecretStr) -> tuple[str, dict[str, str]]:
     """A password-free conninfo for a client tool, and its environment (PGPASSWORD)."""
     params = conninfo_to_dict(dsn.get_secret_value())
     password = params.pop("password", None)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if password:
         env["PGPASSWORD"] = str(password)
-    if read_only:
-        env["PGOPTIONS"] = "-c default_transaction_read_only=on"
     return make_conninfo("", **params), env
 
 
@@ -292,6 +315,8 @@ def prepare_sync(
             for r in src.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'")
         }
         columns = {str(r[0]): (str(r[1]), bool(r[2])) for r in src.execute(_COLUMNS)}
+        count_row = src.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+        large_objects = int(count_row[0]) if count_row else 0
         src.rollback()
     with connect_for_writing(target_dsn, production, autocommit=True) as dst:
         target_version = dst.info.server_version
@@ -321,6 +346,12 @@ def prepare_sync(
             for c, r in rules.columns.items()
         }
     unmasked = personal_columns(columns, rules)
+    if rules is not None and large_objects:
+        if rules.large_objects is None:
+            # Documents and images are the usual content: as personal as any column.
+            unmasked.append(f"{large_objects} large objects (large_objects: keep or empty)")
+        else:
+            masked["large objects"] = rules.large_objects
     if unmasked:
         logger.warning(
             "Columns that look personal and have no sanitize rule: %s", ", ".join(unmasked)
@@ -491,6 +522,8 @@ SELECT kind, count(*) FROM (
   SELECT 'schemas' FROM pg_namespace n WHERE {_USER_NAMESPACES}
     AND {_not_extension_member("pg_namespace", "n.oid")}
   UNION ALL
+  SELECT 'large objects' FROM pg_largeobject_metadata
+  UNION ALL
   SELECT 'policies' FROM pg_policy
   UNION ALL
   SELECT 'rules' FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
@@ -529,6 +562,120 @@ def table_checksum(conn: psycopg.Connection[Any], schema: str, name: str) -> str
     ).fetchone()
     assert row is not None
     return f"{row[0]}:{row[1]}"
+
+
+# Large objects are read in pieces of this size: most arrive whole in the first query.
+_LO_PIECE = 1 << 20
+
+
+def _copy_large_objects(
+    source_dsn: SecretStr,
+    snapshot: str,
+    new_dsn: SecretStr,
+    production: Database,
+    *,
+    empty: bool,
+) -> tuple[int, int]:
+    """Copy the source's large objects (under the snapshot) with their OIDs and comments;
+    ``pg_dump --schema-only`` leaves them out. Returns (objects, bytes).
+
+    Read with ``lo_get`` (no large object is opened for writing on the source), written
+    with ``lo_from_bytea``/``lo_put`` in one transaction. With ``empty`` each object is
+    created empty under its OID, and no content is read.
+    """
+    count = nbytes = 0
+    content = (
+        sql.SQL("''::bytea")
+        if empty
+        else sql.SQL("lo_get(m.oid, 0, {})").format(sql.Literal(_LO_PIECE))
+    )
+    try:
+        with (
+            source_session(source_dsn, snapshot) as src,
+            connect_for_writing(new_dsn, production) as dst,
+        ):
+            longer: list[int] = []
+            with src.cursor(name="rsolv_large_objects") as objects, dst.cursor() as out:
+                objects.itersize = 16  # at most 16 pieces in memory
+                objects.execute(
+                    sql.SQL(
+                        "SELECT m.oid, {}, obj_description(m.oid, 'pg_largeobject') "
+                        "FROM pg_largeobject_metadata m ORDER BY m.oid"
+                    ).format(content)
+                )
+                for oid, data, comment in objects:
+                    out.execute("SELECT lo_from_bytea(%s, %s)", (oid, data))
+                    if comment is not None:
+                        out.execute(
+                            sql.SQL("COMMENT ON LARGE OBJECT {} IS {}").format(
+                                sql.Literal(int(oid)), sql.Literal(comment)
+                            )
+                        )
+                    count += 1
+                    nbytes += len(data)
+                    if len(data) == _LO_PIECE:
+                        longer.append(int(oid))
+                for oid in longer:
+                    offset = _LO_PIECE
+                    while True:
+                        row = src.execute(
+                            "SELECT lo_get(%s, %s, %s)", (oid, offset, _LO_PIECE)
+                        ).fetchone()
+                        piece = bytes(row[0]) if row else b""
+                        if not piece:
+                            break
+                        out.execute("SELECT lo_put(%s, %s, %s)", (oid, offset, piece))
+                        offset += len(piece)
+                        nbytes += len(piece)
+            dst.commit()
+    except psycopg.Error as exc:
+        raise _error("copying large objects failed", exc, source_dsn) from None
+    return count, nbytes
+
+
+def read_database_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
+    """Encoding, locale, settings and comment of the connection's database."""
+    row = conn.execute(database_properties_query(conn.info.server_version)).fetchone()
+    assert row is not None
+    encoding, provider, collate, ctype, locale, rules, settings, comment = row
+    return DatabaseProperties(
+        encoding=str(encoding),
+        locale_provider=str(provider),
+        collate=str(collate),
+        ctype=str(ctype),
+        locale=None if locale is None else str(locale),
+        icu_rules=None if rules is None else str(rules),
+        settings=[str(s) for s in settings],
+        comment=None if comment is None else str(comment),
+    )
+
+
+def _set_database_properties(
+    target_dsn: SecretStr, production: Database, name: str, props: DatabaseProperties
+) -> None:
+    """The source database's own settings and comment on the new database, as pg_dump
+    ``--create`` writes them (the locale is set when the database is created)."""
+    ident = sql.Identifier(name)
+    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+        for entry in props.settings:
+            setting, values = split_setting(entry)
+            try:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
+                        ident,
+                        sql.Identifier(setting),
+                        sql.SQL(", ").join(sql.Literal(v) for v in values),
+                    )
+                )
+            except psycopg.Error as exc:
+                raise DataError(
+                    f"the source database's setting {setting} cannot be set on staging "
+                    f"(the live database is untouched): {_redact(str(exc).strip(), target_dsn)}"
+                ) from None
+        if props.comment is not None:
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(props.comment))
+            )
 
 
 @dataclass(frozen=True)
@@ -582,10 +729,13 @@ def _pipe_table(
     psql = [str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1"]
     if masker is not None:
         # Text rows are rendered by one session and parsed by another: same settings.
-        same = "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres"
-        same += " -c extra_float_digits=3"
-        src_env = {**src_env, "PGOPTIONS": f"{src_env.get('PGOPTIONS', '')} {same}".strip()}
-        dst_env = {**dst_env, "PGOPTIONS": same}
+        same = (
+            "DateStyle=ISO,YMD",
+            "TimeZone=UTC",
+            "IntervalStyle=postgres",
+            "extra_float_digits=3",
+        )
+        src_info, dst_info = _with_settings(src_info, *same), _with_settings(dst_info, *same)
     reader = subprocess.Popen(
         [
             *psql,
@@ -745,12 +895,14 @@ def copy_database(
     logger = _logger()
     names = plan.names
     phases: list[Phase] = []
-    new_dsn = _with(target_dsn, dbname=names.new)
+    new_dsn = _unbounded(_with(target_dsn, dbname=names.new), plan.target_version)
     refuse_production(new_dsn, production)
     bindir = Path(plan.tools)
-    src_conninfo, src_env = _tool_env(source_dsn, read_only=True)
+    src_conninfo, src_env = _tool_env(_unbounded(_read_only(source_dsn), plan.source_version))
     new_conninfo, new_env = _tool_env(new_dsn)
-    new_env["PGOPTIONS"] = f"-c maintenance_work_mem={load_settings().sync_maintenance_work_mem}"
+    new_conninfo = _with_settings(
+        new_conninfo, f"maintenance_work_mem={load_settings().sync_maintenance_work_mem}"
+    )
     factory = MaskerFactory(salt.get_secret_value().encode()) if rules and salt else None
     if rules is not None and factory is None:
         raise ConfigurationError("sanitization rules need a salt secret")
@@ -792,11 +944,8 @@ def copy_database(
         matviews = [(str(s), str(n)) for s, n in snap.execute(_MATVIEWS)]
         sequences = read_sequences(snap)
         objects = read_objects(snap)
-        encoding_row = snap.execute(
-            "SELECT pg_encoding_to_char(encoding) FROM pg_database"
-            " WHERE datname = current_database()"
-        ).fetchone()
-        encoding = str(encoding_row[0]) if encoding_row else "UTF8"
+        database = read_database_properties(snap)
+        create_options = create_database_options(database, plan.target_version)
         total_bytes = sum(t.bytes for t in tables)
         if rules is not None:
             shapes, problems = mask_shapes(
@@ -814,11 +963,22 @@ def copy_database(
                 )
 
         with connect_for_writing(target_dsn, production, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {}").format(
-                    sql.Identifier(names.new), sql.Literal(encoding)
+            try:
+                admin.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
+                        sql.Identifier(names.new),
+                        sql.SQL(" ").join(
+                            sql.SQL("{} {}").format(sql.SQL(keyword), sql.Literal(value))
+                            for keyword, value in create_options
+                        ),
+                    )
                 )
-            )
+            except psycopg.Error as exc:
+                raise ConfigurationError(
+                    "staging's server cannot create a database with the source's encoding "
+                    f"and locale ({', '.join(f'{k} {v}' for k, v in create_options)}), "
+                    f"nothing was copied: {_redact(str(exc).strip(), target_dsn)}"
+                ) from None
         archive = str(Path(workdir) / "schema.dump")
         _run_tool(
             [
@@ -983,6 +1143,18 @@ def copy_database(
             len(built),
         )
 
+        if objects.get("large objects"):
+            started = time.perf_counter()
+            count, nbytes = _copy_large_objects(
+                source_dsn,
+                snapshot,
+                new_dsn,
+                production,
+                empty=rules is not None and rules.large_objects == "empty",
+            )
+            logger.info("Copied %d large objects (%.0f MB)", count, nbytes / 1e6)
+            phase("large objects", started, nbytes)
+
         started = time.perf_counter()
         if post.rest:
             listing = Path(workdir) / "post-data.list"
@@ -999,7 +1171,14 @@ def copy_database(
                 ident = sql.Identifier(schema, name)
                 conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident))
                 conn.execute(sql.SQL("ANALYZE {}").format(ident))
-        phase("post-data (triggers, partitioned indexes, rules, materialized views)", started)
+        # Last: the source's own settings (a statement_timeout, a read-only default) take
+        # effect in the new database's sessions, and none of the copy's may be one.
+        _set_database_properties(target_dsn, production, names.new, database)
+        phase(
+            "post-data (triggers, partitioned indexes, rules, materialized views, "
+            "database settings)",
+            started,
+        )
 
         source_checksums: dict[str, str] = {}
         if checksums:
@@ -1021,6 +1200,7 @@ def copy_database(
             objects=objects,
             checksums=source_checksums,
             bytes=total_bytes,
+            database=database,
         ),
         phases=phases,
         masked=plan.masked,
@@ -1128,7 +1308,7 @@ def verify_copy(
     Raises:
         DataError: listing every difference; the live database is left as it was.
     """
-    new_dsn = _with(target_dsn, dbname=plan.new)
+    new_dsn = _unbounded(_with(target_dsn, dbname=plan.new), plan.target_version)
     expected = result.facts
     keys = sorted(expected.rows)
     counted: dict[str, int] = {}
@@ -1154,6 +1334,7 @@ def verify_copy(
                 counted.setdefault(f"{schema}.{name}", -1)
             sequences = read_sequences(conn)
             objects = read_objects(conn)
+            database = read_database_properties(conn)
         checksums: dict[str, str] = {}
         if expected.checksums:
             tables = [
@@ -1179,6 +1360,7 @@ def verify_copy(
         objects=objects,
         checksums=checksums,
         masked_tables={c.rsplit(".", 1)[0] for c in plan.masked},
+        database=database,
     )
     if not verification.ok:
         raise DataError(
