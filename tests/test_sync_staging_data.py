@@ -29,6 +29,7 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
+from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
 from flows.sync_staging_data import (
@@ -915,7 +916,10 @@ def test_with_sanitization_no_source_email_name_or_token_reaches_staging(
     the same email maps to the same fake in both tables (the foreign key holds), uniques
     hold, row counts match, and unruled personal-looking columns are listed."""
     rules = parse_rules(RULES)
-    src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
+    # The DSN's own options (an application's date style) must not displace the copy's:
+    # masked rows travel as text, rendered by one session and parsed by another.
+    src = SecretStr(make_conninfo(source.dsn, options="-c DateStyle=SQL,DMY"))
+    dst = SecretStr(pg_staging.dsn)
     plan = prepare_sync.fn(src, dst, production_model, live_name, rules)
     assert plan.unmasked_personal == []
     result = copy_database.fn(
@@ -949,6 +953,12 @@ def test_with_sanitization_no_source_email_name_or_token_reaches_staging(
         "SELECT count(*) FROM app.orders o JOIN app.accounts a ON a.email = o.owner_email",
     ) == [(5000,)]
     assert query(live_dsn, "SELECT DISTINCT payload FROM app.events") == [("redacted",)]
+    # Dates and times of the masked tables are the source's.
+    moments = (
+        "SELECT (SELECT sum(extract(epoch FROM created_at)) FROM app.accounts),"
+        " (SELECT sum(at - date '2000-01-01') FROM app.events)"
+    )
+    assert query(live_dsn, moments) == query(source.dsn, moments)
 
 
 def test_a_rule_for_an_unknown_column_fails_before_any_copy(
