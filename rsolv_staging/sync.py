@@ -8,7 +8,8 @@ The copy method (measured in ``benchmarks/sync_staging_data.py``):
    the COPY streams, the row counts) imports it, so the copy is one consistent point in
    time and nothing is ever written on production;
 2. ``pg_dump --schema-only`` (custom format, uncompressed: it is small) and
-   ``pg_restore --section=pre-data`` into a fresh database beside the live one;
+   ``pg_restore --section=pre-data`` into a fresh database beside the live one, created
+   with the source database's encoding and locale (:class:`DatabaseProperties`);
    sequences set to the snapshot's values;
 3. ``jobs`` parallel streams, each a binary ``COPY ... TO STDOUT`` in one ``psql``
    piped straight into ``TRUNCATE; COPY ... FROM STDIN (FORMAT binary, FREEZE)`` in
@@ -25,8 +26,9 @@ The copy method (measured in ``benchmarks/sync_staging_data.py``):
    then (it would visit each table as its rows commit and hold locks the builds wait
    for). Index builds run at ``maintenance_work_mem`` 16MB: 20-30% faster than 64MB
    on the measuring machine (the sort stays in the CPU caches);
-5. the rest of post-data (triggers, partitioned indexes, rules, policies) with
-   ``pg_restore -j``; materialized views refreshed and analyzed;
+5. large objects (``lo_get`` -> ``lo_from_bytea``, OIDs kept); the rest of post-data
+   (triggers, partitioned indexes, rules, policies) with ``pg_restore -j``; materialized
+   views refreshed and analyzed; last, the source database's own settings and comment;
 6. verification against facts read from the source under the same snapshot, then the
    swap by renames in one transaction.
 """

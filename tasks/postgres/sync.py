@@ -7,9 +7,10 @@ the rest of the load), then the remaining post-data with ``pg_restore -j``.
 
 Production is only ever read: every source session is ``default_transaction_read_only``
 and runs inside ``REPEATABLE READ READ ONLY`` transactions (checked, or the run stops);
-no DDL, DML or temporary object is sent to it; ``pg_dump`` gets the same read-only
-option through ``PGOPTIONS``. Staging is written only in databases beside the live one
-(``<live>_sync_new``), and the live database changes in a single transaction of renames.
+no DDL, DML or temporary object is sent to it; ``pg_dump`` and ``psql`` get the same
+read-only option in their connection string's ``options``. Staging is written only in
+databases beside the live one (``<live>_sync_new``), and the live database changes in a
+single transaction of renames.
 Passwords travel to ``pg_dump``/``pg_restore`` in ``PGPASSWORD`` (never on a command
 line) and are masked in every error.
 """
