@@ -149,6 +149,7 @@ class TocEntry:
     dump_id: int
     oid: int
     desc: str
+    position: int = 0  # in the listing: pg_dump's dependency order, which -L follows
 
 
 _TOC_LINE = re.compile(r"^(\d+);\s+(\d+)\s+(\d+)\s+(.*)$")
@@ -165,11 +166,17 @@ def parse_toc(listing: str) -> list[TocEntry]:
             continue
         rest = match.group(4)
         desc = rest.split(" ", 1)[0]
-        for multi in ("FK CONSTRAINT", "INDEX ATTACH", "MATERIALIZED VIEW DATA"):
+        for multi in ("FK CONSTRAINT", "INDEX ATTACH", "MATERIALIZED VIEW DATA", "USER MAPPING"):
             if rest.startswith(multi + " "):
                 desc = multi
         entries.append(
-            TocEntry(line=raw, dump_id=int(match.group(1)), oid=int(match.group(3)), desc=desc)
+            TocEntry(
+                line=raw,
+                dump_id=int(match.group(1)),
+                oid=int(match.group(3)),
+                desc=desc,
+                position=len(entries),
+            )
         )
     return entries
 
@@ -436,8 +443,9 @@ class PostDataQueue:
 
 
 def toc_list(entries: Iterable[TocEntry]) -> str:
-    """A ``pg_restore -L`` list file of ``entries``, in dump order."""
-    return "\n".join(e.line for e in sorted(entries, key=lambda e: e.dump_id)) + "\n"
+    """A ``pg_restore -L`` list file of ``entries``, in the listing's order: ``-L``
+    restores in the file's order, and dump ids are not in dependency order."""
+    return "\n".join(e.line for e in sorted(entries, key=lambda e: e.position)) + "\n"
 
 
 # --- verification -----------------------------------------------------------------
@@ -676,6 +684,9 @@ class CopyResult(BaseModel):
     unmasked_personal: list[str] = Field(
         default_factory=list, description="Columns that look personal and have no rule"
     )
+    left_out: list[str] = Field(
+        default_factory=list, description="What the source has and the copy leaves out, why"
+    )
 
 
 class SyncReport(BaseModel):
@@ -737,4 +748,11 @@ def report_markdown(report: SyncReport) -> str:
             "Columns that look like personal data and have **no rule**: "
             + ", ".join(f"`{c}`" for c in copy.unmasked_personal),
         ]
+    lines += [
+        "",
+        "## Not copied",
+        "",
+        "- ownership and grants (staging has its own roles); subscriptions",
+        *(f"- {item}" for item in copy.left_out),
+    ]
     return "\n".join(lines) + "\n"

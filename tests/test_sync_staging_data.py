@@ -701,6 +701,54 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
         pg_production.drop_database(source)
 
 
+def test_production_credentials_in_user_mappings_and_subscriptions_stay_behind(
+    source: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """A foreign server arrives without its user mapping (production's password for it),
+    and a subscription not at all (its connection string, and once enabled production's
+    publisher slot); the report says what was left out. A publication arrives."""
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("CREATE FOREIGN DATA WRAPPER plain_fdw")
+        conn.execute(
+            "CREATE SERVER billing FOREIGN DATA WRAPPER plain_fdw OPTIONS (host 'db.prod')"
+        )
+        conn.execute("CREATE USER MAPPING FOR PUBLIC SERVER billing OPTIONS (password 'hunter2')")
+        conn.execute("CREATE PUBLICATION orders_pub FOR TABLE app.orders")
+        conn.execute(
+            "CREATE SUBSCRIPTION audit_sub CONNECTION 'host=db.prod password=hunter3'"
+            " PUBLICATION audit_pub WITH (connect = false)"
+        )
+    try:
+        src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
+        plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+        result = copy_database.fn(src, dst, production_model, plan)
+        verify_copy.fn(dst, plan, result)
+        swap_database.fn(dst, production_model, plan)
+        assert result.left_out == [
+            "1 user mapping(s) of foreign servers: they hold production's credentials; "
+            "create staging's own"
+        ]
+        live_dsn = pg_staging.dsn_for(live_name)
+        assert query(live_dsn, "SELECT srvname, srvoptions FROM pg_foreign_server") == [
+            ("billing", ["host=db.prod"])
+        ]
+        assert query(live_dsn, "SELECT count(*) FROM pg_user_mappings") == [(0,)]
+        assert query(
+            live_dsn,
+            "SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+            " WHERE d.datname = current_database()",
+        ) == [(0,)]
+        assert query(live_dsn, "SELECT pubname FROM pg_publication") == [("orders_pub",)]
+    finally:
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            # Without a slot, dropping the subscription does not try to reach db.prod.
+            conn.execute("ALTER SUBSCRIPTION audit_sub SET (slot_name = NONE)")
+            conn.execute("DROP SUBSCRIPTION audit_sub")
+
+
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(
     source: PostgresDatabase,
     pg_staging: PostgresServer,

@@ -908,6 +908,7 @@ def copy_database(
     if rules is not None and factory is None:
         raise ConfigurationError("sanitization rules need a salt secret")
     shapes: dict[str, MaskShape] = {}
+    left_out: list[str] = []
 
     def phase(name: str, started: float, nbytes: int = 0) -> None:
         phases.append(Phase(name=name, seconds=time.perf_counter() - started, bytes=nbytes))
@@ -987,6 +988,9 @@ def copy_database(
                 "--schema-only",
                 "--format=custom",
                 "--compress=0",
+                # A subscription on staging would hold production's replication
+                # credentials and, once enabled, consume its publisher's slot.
+                "--no-subscriptions",
                 f"--snapshot={snapshot}",
                 f"--file={archive}",
                 f"--dbname={src_conninfo}",
@@ -1002,8 +1006,30 @@ def copy_database(
             "--no-acl",
             f"--dbname={new_conninfo}",
         ]
+        pre_data = parse_toc(
+            _run_tool(
+                [str(bindir / "pg_restore"), "--list", "--section=pre-data", archive],
+                new_env,
+                new_dsn,
+                "reading the dump's table of contents",
+            )
+        )
+        # User mappings hold the credentials production uses on its foreign servers:
+        # staging has its own secrets, and must not reach production through them.
+        mappings = [e for e in pre_data if e.desc == "USER MAPPING"]
+        if mappings:
+            left_out.append(
+                f"{len(mappings)} user mapping(s) of foreign servers: they hold production's "
+                "credentials; create staging's own"
+            )
+            logger.warning("Not copied: %s", left_out[-1])
+        listing = Path(workdir) / "pre-data.list"
+        listing.write_text(toc_list(e for e in pre_data if e.desc != "USER MAPPING"))
         _run_tool(
-            [*restore, "--section=pre-data", archive], new_env, new_dsn, "restoring the schema"
+            [*restore, "--section=pre-data", f"--use-list={listing}", archive],
+            new_env,
+            new_dsn,
+            "restoring the schema",
         )
         toc = parse_toc(
             _run_tool(
@@ -1206,6 +1232,7 @@ def copy_database(
         phases=phases,
         masked=plan.masked,
         unmasked_personal=plan.unmasked_personal,
+        left_out=left_out,
     )
 
 
