@@ -159,7 +159,7 @@ _PER_TABLE_KINDS = ("INDEX", "CONSTRAINT")
 
 def parse_toc(listing: str) -> list[TocEntry]:
     """The entries of a ``pg_restore -l`` listing (comments and blanks skipped)."""
-    entries = []
+    entries: list[TocEntry] = []
     for raw in listing.splitlines():
         match = _TOC_LINE.match(raw.strip())
         if not match:
