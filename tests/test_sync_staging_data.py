@@ -701,16 +701,30 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
         pg_production.drop_database(source)
 
 
-def test_production_credentials_in_user_mappings_and_subscriptions_stay_behind(
+def test_production_credentials_and_tablespaces_stay_behind(
     source: PostgresDatabase,
+    pg_production: PostgresServer,
     pg_staging: PostgresServer,
     production_model: Database,
     live_name: str,
 ) -> None:
     """A foreign server arrives without its user mapping (production's password for it),
     and a subscription not at all (its connection string, and once enabled production's
-    publisher slot); the report says what was left out. A publication arrives."""
+    publisher slot); the report says what was left out. A publication arrives. Objects
+    in a tablespace of production's server (staging's has none) land in staging's
+    default tablespace."""
+    location = pg_production.data_dir.parent / f"fast_{live_name}"
+    location.mkdir()
+    owner = pg_production.data_dir.stat()
+    os.chown(location, owner.st_uid, owner.st_gid)
+    with psycopg.connect(pg_production.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE fast_{live_name} LOCATION '{location}'")
     with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE app.hot (id int PRIMARY KEY) TABLESPACE fast_{live_name}")
+        conn.execute(
+            f"CREATE INDEX accounts_at ON app.accounts (created_at) TABLESPACE fast_{live_name}"
+        )
+        conn.execute("INSERT INTO app.hot SELECT generate_series(1, 100)")
         conn.execute("CREATE FOREIGN DATA WRAPPER plain_fdw")
         conn.execute(
             "CREATE SERVER billing FOREIGN DATA WRAPPER plain_fdw OPTIONS (host 'db.prod')"
@@ -742,11 +756,21 @@ def test_production_credentials_in_user_mappings_and_subscriptions_stay_behind(
             " WHERE d.datname = current_database()",
         ) == [(0,)]
         assert query(live_dsn, "SELECT pubname FROM pg_publication") == [("orders_pub",)]
+        assert query(
+            live_dsn,
+            "SELECT c.relname, c.reltablespace FROM pg_class c"
+            " WHERE c.relname IN ('hot', 'accounts_at') ORDER BY 1",
+        ) == [("accounts_at", 0), ("hot", 0)]
+        assert query(live_dsn, "SELECT count(*) FROM app.hot") == [(100,)]
     finally:
         with psycopg.connect(source.dsn, autocommit=True) as conn:
             # Without a slot, dropping the subscription does not try to reach db.prod.
             conn.execute("ALTER SUBSCRIPTION audit_sub SET (slot_name = NONE)")
             conn.execute("DROP SUBSCRIPTION audit_sub")
+            conn.execute("DROP TABLE app.hot")
+            conn.execute("DROP INDEX app.accounts_at")
+        with psycopg.connect(pg_production.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLESPACE fast_{live_name}")
 
 
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(

@@ -1004,6 +1004,9 @@ def copy_database(
             "--exit-on-error",
             "--no-owner",
             "--no-acl",
+            # Tablespaces belong to production's server and disks: on staging's server
+            # everything goes to its default tablespace (a missing one fails a restore).
+            "--no-tablespaces",
             f"--dbname={new_conninfo}",
         ]
         pre_data = parse_toc(
