@@ -773,6 +773,48 @@ def test_production_credentials_and_tablespaces_stay_behind(
             conn.execute(f"DROP TABLESPACE fast_{live_name}")
 
 
+def test_a_policy_for_a_role_staging_lacks_is_refused_before_any_write(
+    source: PostgresDatabase,
+    pg_production: PostgresServer,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """Grants are left out, but a row-level security policy names its roles: the sync
+    names the missing role before staging is touched, and copies the policy once the
+    role exists there."""
+    role = f"reader_{live_name}"
+    with psycopg.connect(pg_production.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+    try:
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE app.orders ENABLE ROW LEVEL SECURITY")
+            conn.execute(
+                f"CREATE POLICY small ON app.orders FOR SELECT TO {role} USING (amount < 50)"
+            )
+        before = databases(pg_staging)
+        with pytest.raises(ConfigurationError, match=f"security policies .*: {role}$"):
+            prepare_sync.fn(
+                SecretStr(source.dsn), SecretStr(pg_staging.dsn), production_model, live_name
+            )
+        assert databases(pg_staging) == before
+        with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {role}")
+        sync(source, pg_staging, production_model, live_name)
+        assert query(
+            pg_staging.dsn_for(live_name),
+            "SELECT p.polname, r.rolname FROM pg_policy p JOIN pg_roles r ON r.oid = ANY(p.polroles)",
+        ) == [("small", role)]
+    finally:
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute("DROP POLICY IF EXISTS small ON app.orders")
+        pg_staging.drop_database(live_name)
+        pg_staging.drop_database(f"{live_name}_sync_old")
+        for server in (pg_production, pg_staging):
+            with psycopg.connect(server.dsn, autocommit=True) as conn:
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(
     source: PostgresDatabase,
     pg_staging: PostgresServer,

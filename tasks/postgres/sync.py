@@ -277,6 +277,16 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT 
 """
 
 
+# Roles a policy applies to (0 is PUBLIC), in the user's schemas.
+_POLICY_ROLES = f"""
+SELECT DISTINCT r.rolname FROM pg_policy p
+JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(p.polroles) AS applies(role)
+JOIN pg_roles r ON r.oid = applies.role
+WHERE {_USER_NAMESPACES}
+"""
+
+
 @task(cache_policy=NO_CACHE, task_run_name="prepare_sync-{live_name}")
 def prepare_sync(
     source_dsn: SecretStr,
@@ -291,7 +301,8 @@ def prepare_sync(
     a target that is the source (same host/port/database, or the same running server),
     and a source session that cannot be made read-only. Stops (ConfigurationError) when
     no client tools fit both versions, when an extension is missing on the target, or
-    when a sanitize rule names an unknown column.
+    when a sanitize rule names an unknown column, or when a row-level security policy
+    names a role staging's server lacks.
 
     Args:
         source_dsn: Production's database (only read).
@@ -316,6 +327,7 @@ def prepare_sync(
             for r in src.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'")
         }
         columns = {str(r[0]): (str(r[1]), bool(r[2])) for r in src.execute(_COLUMNS)}
+        policy_roles = {str(r[0]) for r in src.execute(_POLICY_ROLES)}
         count_row = src.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
         large_objects = int(count_row[0]) if count_row else 0
         src.rollback()
@@ -327,11 +339,20 @@ def prepare_sync(
                 f"the source {source_at} (same system identifier and start time)"
             )
         available = {str(r[0]) for r in dst.execute("SELECT name FROM pg_available_extensions")}
+        roles = {str(r[0]) for r in dst.execute("SELECT rolname FROM pg_roles")}
     missing = sorted(extensions - available)
     if missing:
         raise ConfigurationError(
             "extensions used by the source are not available on the target server: "
             + ", ".join(missing)
+        )
+    # Ownership and grants are left out, but a row-level security policy names its
+    # roles in its definition: restoring it needs them (the restore would fail late).
+    missing = sorted(policy_roles - roles)
+    if missing:
+        raise ConfigurationError(
+            "roles named by the source's row-level security policies do not exist on "
+            "staging's server (create them there, then sync again): " + ", ".join(missing)
         )
     tools = find_tools()
     tool_dir = choose_tools(major_of(source_version), major_of(target_version), tools)
