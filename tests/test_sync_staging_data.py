@@ -53,6 +53,7 @@ from rsolv_staging.sync import (
     PostDataObject,
     PostDataQueue,
     SourceFacts,
+    choose_database_settings,
     choose_tools,
     compare_facts,
     create_database_options,
@@ -287,12 +288,44 @@ def test_database_settings_split_like_pg_dump_and_locales_need_a_capable_server(
         ("LC_CTYPE", "C"),
     ]
     facts = SourceFacts(rows={}, sequences={}, objects={}, bytes=0, database=builtin)
-    got = builtin.model_copy(update={"settings": ["work_mem=1GB"]})
+    got = builtin.model_copy(update={"settings": ["work_mem=1GB"], "collate": "en_US"})
     verdict = compare_facts(facts, rows={}, sequences={}, objects={}, checksums={}, database=got)
-    assert verdict.problems == ["database settings: [] in the source, ['work_mem=1GB'] in the copy"]
+    assert verdict.problems == [
+        "database collate: 'C' in the source, 'en_US' in the copy",
+        "database settings differ: work_mem",
+    ]
     assert compare_facts(
         facts, rows={}, sequences={}, objects={}, checksums={}, database=builtin
     ).ok
+
+
+def test_database_settings_staging_would_refuse_or_should_not_hold_are_left_out() -> None:
+    """Credentials stay behind (staging has its own secrets), as do settings staging's
+    server does not know or that only a superuser may set; an extension's settings
+    (with a dot) are kept even when the extension is not loaded yet."""
+    known = {"search_path": "user", "log_statement": "superuser", "work_mem": "user"}
+    kept, left_out = choose_database_settings(
+        [
+            "search_path=app, public",
+            "app.settings.jwt_secret=abc",
+            "app.api_key=abc",
+            "pgaudit.log=all",
+            "force_parallel_mode=on",
+            "log_statement=all",
+            "work_mem=64MB",
+        ],
+        known,
+        settable=set(),
+    )
+    assert kept == ["search_path=app, public", "pgaudit.log=all", "work_mem=64MB"]
+    assert left_out == [
+        "database setting app.settings.jwt_secret: looks like a credential (staging has its own)",
+        "database setting app.api_key: looks like a credential (staging has its own)",
+        "database setting force_parallel_mode: staging's server does not know it",
+        "database setting log_statement: only a superuser may set it on staging",
+    ]
+    kept, _ = choose_database_settings(["log_statement=all"], known, settable={"log_statement"})
+    assert kept == ["log_statement=all"]
 
 
 def test_tools_are_chosen_between_the_source_and_target_versions() -> None:
@@ -654,6 +687,7 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             conn.execute(f"COMMENT ON DATABASE \"{name}\" IS 'the real thing'")
             conn.execute(f'ALTER DATABASE "{name}" SET search_path = "$user", public, "we ird"')
             conn.execute(f"ALTER DATABASE \"{name}\" SET app.tenant = 'acme, inc'")
+            conn.execute(f"ALTER DATABASE \"{name}\" SET app.settings.jwt_secret = 'sekrit'")
             # Both would end the copy's sessions: the snapshot's idles in its transaction
             # while the schema is dumped and restored.
             conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '150ms'")
@@ -674,7 +708,10 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             want = src.execute(properties).fetchone()
             assert want is not None
             assert (want[0], want[1]) == ("b", "C.UTF-8")
-            assert dst.execute(properties).fetchone() == want
+            # All but the credential, which staging must not hold.
+            assert "app.settings.jwt_secret=sekrit" in want[4]
+            settings = [e for e in want[4] if not e.startswith("app.settings.jwt_secret")]
+            assert dst.execute(properties).fetchone() == (*want[:4], settings, want[5])
             contents = (
                 "SELECT d.name, d.body, md5(lo_get(d.body)), obj_description(d.body, 'pg_largeobject')"
                 " FROM docs d ORDER BY 1"
@@ -682,6 +719,21 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             assert dst.execute(contents).fetchall() == src.execute(contents).fetchall()
             # A session on staging gets the source's settings: the search path resolves.
             assert dst.execute("SHOW search_path").fetchone() == ('"$user", public, "we ird"',)
+
+        # A role that may not read them is stopped before any write, unless the rules
+        # say 'empty' (nothing is read).
+        reader = f"lo_reader_{live_name}"
+        with psycopg.connect(pg_production.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {reader} LOGIN PASSWORD 'pw'")
+        try:
+            as_reader = SecretStr(make_conninfo(source.dsn, user=reader, password="pw"))
+            with pytest.raises(ConfigurationError, match="cannot read every large object"):
+                prepare_sync.fn(as_reader, SecretStr(pg_staging.dsn), production_model, "other")
+            empty = parse_rules({"columns": {}, "large_objects": "empty"})
+            prepare_sync.fn(as_reader, SecretStr(pg_staging.dsn), production_model, "other", empty)
+        finally:
+            with psycopg.connect(pg_production.dsn, autocommit=True) as conn:
+                conn.execute(f"DROP ROLE {reader}")
 
         # Sanitized: unset, large objects are reported; 'empty' keeps OIDs, not content.
         rules = parse_rules({"columns": {}})

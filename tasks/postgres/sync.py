@@ -68,6 +68,7 @@ from rsolv_staging.sync import (
     SyncNames,
     TocEntry,
     Verification,
+    choose_database_settings,
     choose_tools,
     compare_facts,
     create_database_options,
@@ -131,7 +132,10 @@ def _with_settings(conninfo: str, *settings: str) -> str:
     variable when the string has ``options`` of its own, and a later ``-c`` wins.
     """
     own = str(conninfo_to_dict(conninfo).get("options") or "")
-    added = " ".join(f"-c {setting}" for setting in settings)
+    # libpq splits options at spaces unless escaped with a backslash.
+    added = " ".join(
+        "-c " + setting.replace("\\", "\\\\").replace(" ", "\\ ") for setting in settings
+    )
     return make_conninfo(conninfo, options=f"{own} {added}".strip())
 
 
@@ -330,6 +334,17 @@ def prepare_sync(
         policy_roles = {str(r[0]) for r in src.execute(_POLICY_ROLES)}
         count_row = src.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
         large_objects = int(count_row[0]) if count_row else 0
+        if large_objects and not (rules is not None and rules.large_objects == "empty"):
+            try:
+                # Opens each for reading, reads nothing: a role without SELECT on one
+                # fails here, not after the tables are copied.
+                src.execute("SELECT count(lo_get(oid, 0, 0)) FROM pg_largeobject_metadata")
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise ConfigurationError(
+                    "the sync's role cannot read every large object of the source, nothing "
+                    f"was copied ({_redact(str(exc).strip(), source_dsn)}): grant it SELECT "
+                    "on them, or say large_objects: empty in the rules file"
+                ) from None
         src.rollback()
     with connect_for_writing(target_dsn, production, autocommit=True) as dst:
         target_version = dst.info.server_version
@@ -637,6 +652,10 @@ def _copy_large_objects(
                     nbytes += len(data)
                     if len(data) == _LO_PIECE:
                         longer.append(int(oid))
+                    if count % 1000 == 0:
+                        # Each COMMENT holds a lock until commit: one transaction for all
+                        # would run out of lock slots (the new database has no readers).
+                        dst.commit()
                 for oid in longer:
                     offset = _LO_PIECE
                     while True:
@@ -655,10 +674,14 @@ def _copy_large_objects(
     return count, nbytes
 
 
-def read_database_properties(conn: psycopg.Connection[Any]) -> DatabaseProperties:
-    """Encoding, locale, settings and comment of the connection's database."""
-    row = conn.execute(database_properties_query(conn.info.server_version)).fetchone()
-    assert row is not None
+def read_database_properties(
+    conn: psycopg.Connection[Any], name: str | None = None
+) -> DatabaseProperties:
+    """Encoding, locale, settings and comment of database ``name`` (default: the
+    connection's own)."""
+    row = conn.execute(database_properties_query(conn.info.server_version), (name,)).fetchone()
+    if row is None:
+        raise DataError(f"database {name} does not exist")
     encoding, provider, collate, ctype, locale, rules, settings, comment = row
     return DatabaseProperties(
         encoding=str(encoding),
@@ -670,6 +693,25 @@ def read_database_properties(conn: psycopg.Connection[Any]) -> DatabasePropertie
         settings=[str(s) for s in settings],
         comment=None if comment is None else str(comment),
     )
+
+
+def _settable(conn: psycopg.Connection[Any]) -> tuple[dict[str, str], set[str]]:
+    """The server's settings (lowercase name -> context), and the superuser-context ones
+    this role may set for a database."""
+    known = {
+        str(n).lower(): str(c) for n, c in conn.execute("SELECT name, context FROM pg_settings")
+    }
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    restricted = [n for n, c in known.items() if c == "superuser"]
+    if row and row[0]:
+        return known, set(restricted)
+    if conn.info.server_version < 150_000:  # no SET privileges on parameters before 15
+        return known, set()
+    allowed = conn.execute(
+        "SELECT n FROM unnest(%s::text[]) AS n WHERE has_parameter_privilege(n, 'SET')",
+        (restricted,),
+    ).fetchall()
+    return known, {str(r[0]) for r in allowed}
 
 
 def _set_database_properties(
@@ -695,9 +737,14 @@ def _set_database_properties(
                     f"(the live database is untouched): {_redact(str(exc).strip(), target_dsn)}"
                 ) from None
         if props.comment is not None:
-            conn.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(props.comment))
-            )
+            try:
+                conn.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        ident, sql.Literal(props.comment)
+                    )
+                )
+            except psycopg.Error as exc:
+                raise _error(f"commenting {name} failed", exc, target_dsn) from None
 
 
 @dataclass(frozen=True)
@@ -986,6 +1033,11 @@ def copy_database(
                 )
 
         with connect_for_writing(target_dsn, production, autocommit=True) as admin:
+            kept, settings_left_out = choose_database_settings(database.settings, *_settable(admin))
+            for item in settings_left_out:
+                logger.warning("Not copied: %s", item)
+            left_out += settings_left_out
+            database = database.model_copy(update={"settings": kept})
             try:
                 admin.execute(
                     sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
@@ -996,12 +1048,30 @@ def copy_database(
                         ),
                     )
                 )
-            except psycopg.Error as exc:
+            except (
+                psycopg.errors.InvalidParameterValue,
+                psycopg.errors.UndefinedObject,
+                psycopg.errors.FeatureNotSupported,
+                psycopg.errors.InvalidTextRepresentation,
+            ) as exc:
                 raise ConfigurationError(
                     "staging's server cannot create a database with the source's encoding "
                     f"and locale ({', '.join(f'{k} {v}' for k, v in create_options)}), "
                     f"nothing was copied: {_redact(str(exc).strip(), target_dsn)}"
                 ) from None
+            except psycopg.Error as exc:
+                raise _error(f"creating {names.new} failed", exc, target_dsn) from None
+            created = read_database_properties(admin, names.new)
+            if created.locale != database.locale:
+                # ICU locales are stored in canonical form from PostgreSQL 16 (en_US ->
+                # en-US): the same locale, spelled as the target spells it.
+                logger.info(
+                    "The %s locale %s is %s on staging's server",
+                    database.locale_provider,
+                    database.locale,
+                    created.locale,
+                )
+                database = database.model_copy(update={"locale": created.locale})
         archive = str(Path(workdir) / "schema.dump")
         _run_tool(
             [
