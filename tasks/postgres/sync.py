@@ -601,7 +601,10 @@ def table_checksum(conn: psycopg.Connection[Any], schema: str, name: str) -> str
     return f"{row[0]}:{row[1]}"
 
 
-# Large objects are read in pieces of this size: most arrive whole in the first query.
+# Large objects come with their listing, 256 at a time, with their first 64 KiB (most fit
+# whole: at most 16 MiB in memory); longer ones follow in 1 MiB pieces.
+_LO_BATCH = 256
+_LO_FIRST = 1 << 16
 _LO_PIECE = 1 << 20
 
 
@@ -617,14 +620,14 @@ def _copy_large_objects(
     ``pg_dump --schema-only`` leaves them out. Returns (objects, bytes).
 
     Read with ``lo_get`` (no large object is opened for writing on the source), written
-    with ``lo_from_bytea``/``lo_put`` in one transaction. With ``empty`` each object is
-    created empty under its OID, and no content is read.
+    with ``lo_from_bytea``/``lo_put``, a batch per round trip (pipelined). With ``empty``
+    each object is created empty under its OID, and no content is read.
     """
     count = nbytes = 0
     content = (
         sql.SQL("''::bytea")
         if empty
-        else sql.SQL("lo_get(m.oid, 0, {})").format(sql.Literal(_LO_PIECE))
+        else sql.SQL("lo_get(m.oid, 0, {})").format(sql.Literal(_LO_FIRST))
     )
     try:
         with (
@@ -633,31 +636,34 @@ def _copy_large_objects(
         ):
             longer: list[int] = []
             with src.cursor(name="rsolv_large_objects") as objects, dst.cursor() as out:
-                objects.itersize = 16  # at most 16 pieces in memory
+                objects.itersize = _LO_BATCH
                 objects.execute(
                     sql.SQL(
                         "SELECT m.oid, {}, obj_description(m.oid, 'pg_largeobject') "
                         "FROM pg_largeobject_metadata m ORDER BY m.oid"
                     ).format(content)
                 )
-                for oid, data, comment in objects:
-                    out.execute("SELECT lo_from_bytea(%s, %s)", (oid, data))
-                    if comment is not None:
-                        out.execute(
-                            sql.SQL("COMMENT ON LARGE OBJECT {} IS {}").format(
-                                sql.Literal(int(oid)), sql.Literal(comment)
-                            )
+                while batch := objects.fetchmany(_LO_BATCH):
+                    out.executemany(
+                        "SELECT lo_from_bytea(%s, %s)", [(oid, data) for oid, data, _ in batch]
+                    )
+                    comments = [
+                        sql.SQL("COMMENT ON LARGE OBJECT {} IS {}").format(
+                            sql.Literal(int(oid)), sql.Literal(comment)
                         )
-                    count += 1
-                    nbytes += len(data)
-                    if len(data) == _LO_PIECE:
-                        longer.append(int(oid))
-                    if count % 1000 == 0:
-                        # Each COMMENT holds a lock until commit: one transaction for all
-                        # would run out of lock slots (the new database has no readers).
-                        dst.commit()
+                        for oid, _, comment in batch
+                        if comment is not None
+                    ]
+                    if comments:  # a utility statement takes no parameters: one string
+                        out.execute(sql.SQL("; ").join(comments))
+                    # Each COMMENT holds a lock until commit: one transaction for all would
+                    # run out of lock slots (the new database has no readers yet).
+                    dst.commit()
+                    count += len(batch)
+                    nbytes += sum(len(data) for _, data, _ in batch)
+                    longer += [int(oid) for oid, data, _ in batch if len(data) == _LO_FIRST]
                 for oid in longer:
-                    offset = _LO_PIECE
+                    offset = _LO_FIRST
                     while True:
                         row = src.execute(
                             "SELECT lo_get(%s, %s, %s)", (oid, offset, _LO_PIECE)
