@@ -867,6 +867,34 @@ def test_a_policy_for_a_role_staging_lacks_is_refused_before_any_write(
                 conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
+def test_staging_limits_meant_for_the_application_do_not_cut_the_copy_short(
+    source: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """Staging's own limits (here a 1 ms statement_timeout on the sync's role: creating a
+    database alone takes longer) are meant for the application: the copy's sessions on
+    staging set them aside, as pg_restore does."""
+    role = f"sync_{live_name}"
+    with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'pw'")
+        conn.execute(f"ALTER ROLE {role} SET statement_timeout = '1ms'")
+    try:
+        src = SecretStr(source.dsn)
+        dst = SecretStr(make_conninfo(pg_staging.dsn, user=role, password="pw"))
+        plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+        result = copy_database.fn(src, dst, production_model, plan)
+        verify_copy.fn(dst, plan, result)
+        swap_database.fn(dst, production_model, plan)
+        assert snapshot_of(pg_staging.dsn_for(live_name)) == snapshot_of(source.dsn)
+    finally:
+        for suffix in ("", "_sync_new", "_sync_old"):
+            pg_staging.drop_database(live_name + suffix)  # the role owns them
+        with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+
+
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(
     source: PostgresDatabase,
     pg_staging: PostgresServer,

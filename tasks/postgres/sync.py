@@ -163,6 +163,24 @@ def _begin_snapshot(conn: psycopg.Connection[Any], snapshot: str | None = None) 
         )
 
 
+def _exempt(conn: psycopg.Connection[Any]) -> None:
+    """Exempt a session from the server's, database's and role's timeouts
+    (:func:`session_settings`); SET, not startup options: the version is known only
+    once connected."""
+    for setting in session_settings(conn.info.server_version):
+        name, value = setting.split("=", 1)
+        conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+
+
+@contextmanager
+def _admin(target_dsn: SecretStr, production: Database) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit session on staging's maintenance database, exempt from timeouts
+    (creating, renaming and dropping databases, whatever staging's limits are)."""
+    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+        _exempt(conn)
+        yield conn
+
+
 @contextmanager
 def source_session(
     dsn: SecretStr, snapshot: str | None = None
@@ -170,10 +188,7 @@ def source_session(
     """A read-only source connection inside a snapshot transaction (its own or ``snapshot``)."""
     conn = connect(_read_only(dsn), autocommit=True)
     with conn:
-        for setting in session_settings(conn.info.server_version):
-            # SET, not startup options: the version is known only once connected.
-            name, value = setting.split("=", 1)
-            conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        _exempt(conn)
         _begin_snapshot(conn, snapshot)
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute("SET DateStyle = 'ISO, YMD'")
@@ -346,7 +361,7 @@ def prepare_sync(
                     "on them, or say large_objects: empty in the rules file"
                 ) from None
         src.rollback()
-    with connect_for_writing(target_dsn, production, autocommit=True) as dst:
+    with _admin(target_dsn, production) as dst:
         target_version = dst.info.server_version
         if _server_identity(dst) == source_identity:
             raise GuardError(
@@ -423,7 +438,7 @@ def prepare_sync(
 def drop_leftovers(target_dsn: SecretStr, production: Database, names: SyncNames) -> list[str]:
     """Drop what an interrupted run left: ``<live>_sync_new`` and ``<live>_sync_gone``."""
     dropped = []
-    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+    with _admin(target_dsn, production) as conn:
         for name in (names.new, names.gone):
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
@@ -726,7 +741,7 @@ def _set_database_properties(
     """The source database's own settings and comment on the new database, as pg_dump
     ``--create`` writes them (the locale is set when the database is created)."""
     ident = sql.Identifier(name)
-    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+    with _admin(target_dsn, production) as conn:
         for entry in props.settings:
             setting, values = split_setting(entry)
             try:
@@ -1038,7 +1053,7 @@ def copy_database(
                     + "; ".join(problems)
                 )
 
-        with connect_for_writing(target_dsn, production, autocommit=True) as admin:
+        with _admin(target_dsn, production) as admin:
             kept, settings_left_out = choose_database_settings(database.settings, *_settable(admin))
             for item in settings_left_out:
                 logger.warning("Not copied: %s", item)
@@ -1200,7 +1215,7 @@ def copy_database(
         # Source sessions of the load slots: they quote the COPY statements and hold the
         # snapshot open; one per slot, reused table after table.
         with (
-            connect(target_dsn, autocommit=True) as monitor,
+            _admin(target_dsn, production) as monitor,
             ExitStack() as sessions,
             ThreadPoolExecutor(max_workers=2 * jobs + 1, thread_name_prefix="sync") as pool,
             _frozen_heap() if masked else nullcontext(),
@@ -1542,7 +1557,7 @@ def swap_database(target_dsn: SecretStr, production: Database, plan: SyncPlan) -
     logger = _logger()
     names = plan.names
     attempts = load_settings().sync_swap_attempts
-    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+    with _admin(target_dsn, production) as conn:
         for attempt in range(1, attempts + 1):
             try:
                 with conn.transaction():
