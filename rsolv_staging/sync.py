@@ -87,7 +87,8 @@ def major_of(version_num: int) -> int:
 
 
 def session_settings(version_num: int) -> tuple[str, ...]:
-    """``name=value`` settings of every sync session on a server of ``version_num``.
+    """``name=value`` settings of every sync session on a server of ``version_num``
+    (``row_security=off`` and no timeouts).
 
     No timeout of the server's, the database's or the role's may cut a long copy short
     (``pg_dump`` and ``pg_restore`` set the same): production databases often carry a
@@ -95,6 +96,9 @@ def session_settings(version_num: int) -> tuple[str, ...]:
     idle in its transaction for the whole copy.
     """
     settings = ["statement_timeout=0", "lock_timeout=0", "idle_in_transaction_session_timeout=0"]
+    # As pg_dump: a query that row-level security would filter fails instead of
+    # returning fewer rows (a no-op for roles that bypass it).
+    settings.append("row_security=off")
     if version_num >= 170_000:
         settings.append("transaction_timeout=0")
     return tuple(settings)

@@ -845,10 +845,21 @@ def test_a_policy_for_a_role_staging_lacks_is_refused_before_any_write(
                 f"CREATE POLICY small ON app.orders FOR SELECT TO {role} USING (amount < 50)"
             )
         before = databases(pg_staging)
-        with pytest.raises(ConfigurationError, match=f"security policies .*: {role}$"):
-            prepare_sync.fn(
-                SecretStr(source.dsn), SecretStr(pg_staging.dsn), production_model, live_name
-            )
+        # A sync role that the policy applies to would copy (and count) only the rows
+        # it may see: refused, naming the table, until it bypasses row-level security.
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {role}_sync LOGIN PASSWORD 'pw' IN ROLE {role}")
+            conn.execute(f"GRANT USAGE ON SCHEMA app TO {role}")
+            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA app TO {role}")
+            conn.execute(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA app TO {role}")
+        as_member = SecretStr(make_conninfo(source.dsn, user=f"{role}_sync", password="pw"))
+        with pytest.raises(ConfigurationError, match=r"hide rows of app\.orders from"):
+            prepare_sync.fn(as_member, SecretStr(pg_staging.dsn), production_model, live_name)
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role}_sync BYPASSRLS")
+        for src in (as_member, SecretStr(source.dsn)):
+            with pytest.raises(ConfigurationError, match=f"security policies .*: {role}$"):
+                prepare_sync.fn(src, SecretStr(pg_staging.dsn), production_model, live_name)
         assert databases(pg_staging) == before
         with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
             conn.execute(f"CREATE ROLE {role}")
@@ -860,6 +871,8 @@ def test_a_policy_for_a_role_staging_lacks_is_refused_before_any_write(
     finally:
         with psycopg.connect(source.dsn, autocommit=True) as conn:
             conn.execute("DROP POLICY IF EXISTS small ON app.orders")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE IF EXISTS {role}_sync")
         pg_staging.drop_database(live_name)
         pg_staging.drop_database(f"{live_name}_sync_old")
         for server in (pg_production, pg_staging):

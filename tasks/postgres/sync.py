@@ -296,6 +296,17 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT 
 """
 
 
+# Tables whose rows row-level security would hide from the sync's role: its COPY would
+# send only the rows it may see, and count only those.
+_HIDDEN_ROWS = f"""
+SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity AND {_USER_NAMESPACES}
+  AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user)
+  AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+ORDER BY 1
+"""
+
 # Roles a policy applies to (0 is PUBLIC), in the user's schemas.
 _POLICY_ROLES = f"""
 SELECT DISTINCT r.rolname FROM pg_policy p
@@ -347,6 +358,15 @@ def prepare_sync(
         }
         columns = {str(r[0]): (str(r[1]), bool(r[2])) for r in src.execute(_COLUMNS)}
         policy_roles = {str(r[0]) for r in src.execute(_POLICY_ROLES)}
+        hidden = [str(r[0]) for r in src.execute(_HIDDEN_ROWS)]
+        if hidden:
+            raise ConfigurationError(
+                "row-level security would hide rows of "
+                + ", ".join(hidden)
+                + " from the sync's role on the source, and the copy would miss them "
+                "unnoticed; nothing was copied. Use a role with BYPASSRLS (or the tables' "
+                "owner, without FORCE ROW LEVEL SECURITY)"
+            )
         count_row = src.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
         large_objects = int(count_row[0]) if count_row else 0
         if large_objects and not (rules is not None and rules.large_objects == "empty"):
