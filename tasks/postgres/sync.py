@@ -297,11 +297,12 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT 
 
 
 # Tables whose rows row-level security would hide from the sync's role: its COPY would
-# send only the rows it may see, and count only those.
+# send only the rows it may see, and count only those. Tables only: the copy reads each
+# partition itself, never through its parent's policies.
 _HIDDEN_ROWS = f"""
 SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity AND {_USER_NAMESPACES}
+WHERE c.relkind = 'r' AND c.relrowsecurity AND {_USER_NAMESPACES}
   AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user)
   AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
 ORDER BY 1
@@ -331,8 +332,9 @@ def prepare_sync(
     a target that is the source (same host/port/database, or the same running server),
     and a source session that cannot be made read-only. Stops (ConfigurationError) when
     no client tools fit both versions, when an extension is missing on the target, or
-    when a sanitize rule names an unknown column, or when a row-level security policy
-    names a role staging's server lacks.
+    when a sanitize rule names an unknown column, when a row-level security policy
+    names a role staging's server lacks, when row-level security would hide rows from
+    the source role, or when it may not read every large object.
 
     Args:
         source_dsn: Production's database (only read).
