@@ -1143,14 +1143,17 @@ def copy_database(
             "--no-tablespaces",
             f"--dbname={new_conninfo}",
         ]
-        pre_data = parse_toc(
-            _run_tool(
-                [str(bindir / "pg_restore"), "--list", "--section=pre-data", archive],
+
+        def contents(section: str) -> list[TocEntry]:
+            listing = _run_tool(
+                [str(bindir / "pg_restore"), "--list", f"--section={section}", archive],
                 new_env,
                 new_dsn,
                 "reading the dump's table of contents",
             )
-        )
+            return parse_toc(listing)
+
+        pre_data = contents("pre-data")
         # User mappings hold the credentials production uses on its foreign servers:
         # staging has its own secrets, and must not reach production through them.
         mappings = [e for e in pre_data if e.desc == "USER MAPPING"]
@@ -1168,14 +1171,7 @@ def copy_database(
             new_dsn,
             "restoring the schema",
         )
-        toc = parse_toc(
-            _run_tool(
-                [str(bindir / "pg_restore"), "--list", "--section=post-data", archive],
-                new_env,
-                new_dsn,
-                "reading the dump's table of contents",
-            )
-        )
+        toc = contents("post-data")
         post = plan_post_data(toc, post_objects, [t.key for t in tables])
         with connect_for_writing(new_dsn, production, autocommit=True) as conn:
             for name, (value, called) in sequences.items():
