@@ -49,6 +49,8 @@ OLD_SUFFIX = "_sync_old"
 GONE_SUFFIX = "_sync_gone"
 MAX_IDENTIFIER = 63
 CONCURRENCY_LIMIT = "staging-data-sync"
+# The key of the large objects among the checksums and the masked items.
+LARGE_OBJECTS = "large objects"
 
 
 @dataclass(frozen=True)
@@ -688,7 +690,8 @@ def compare_facts(
             continue
         compared += 1
         if checksums.get(name) != digest:
-            problems.append(f"table {name}: content checksum differs")
+            what = name if name == LARGE_OBJECTS else f"table {name}"
+            problems.append(f"{what}: content checksum differs")
     return Verification(
         tables=len(rows),
         rows=sum(rows.values()),

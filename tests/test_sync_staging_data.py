@@ -49,6 +49,7 @@ from rsolv_staging.sanitize import (
 )
 from rsolv_staging.sync import (
     CONCURRENCY_LIMIT,
+    LARGE_OBJECTS,
     DatabaseProperties,
     PostDataObject,
     PostDataQueue,
@@ -692,7 +693,7 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             # while the schema is dumped and restored.
             conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '150ms'")
             conn.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 100')
-        plan, _ = sync(source, pg_staging, production_model, live_name)
+        plan, _ = sync(source, pg_staging, production_model, live_name, checksums=True)
         live_dsn = pg_staging.dsn_for(live_name)
         properties = (
             "SELECT d.datlocprovider, d.datlocale, d.datcollate, d.datctype,"
@@ -719,6 +720,19 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             assert dst.execute(contents).fetchall() == src.execute(contents).fetchall()
             # A session on staging gets the source's settings: the search path resolves.
             assert dst.execute("SHOW search_path").fetchone() == ('"$user", public, "we ird"',)
+
+        # With checksums, verification reads every large object back: one changed byte
+        # in the new copy fails it, and the live database stays as it was.
+        src, dst_admin = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
+        plan = prepare_sync.fn(src, dst_admin, production_model, live_name, None)
+        result = copy_database.fn(src, dst_admin, production_model, plan, checksums=True)
+        assert LARGE_OBJECTS in result.facts.checksums
+        with psycopg.connect(
+            pg_staging.dsn_for(plan.new), options=unbounded, autocommit=True
+        ) as conn:
+            conn.execute("SELECT lo_put(%s, 0, 'J')", (small[0],))
+        with pytest.raises(DataError, match=r"^the copy .*: large objects: content checksum"):
+            verify_copy.fn(dst_admin, plan, result)
 
         # A role that may not read them is stopped before any write, unless the rules
         # say 'empty' (nothing is read).

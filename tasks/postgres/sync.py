@@ -58,6 +58,7 @@ from rsolv_staging.sanitize import (
 )
 from rsolv_staging.settings import load_settings
 from rsolv_staging.sync import (
+    LARGE_OBJECTS,
     CopyResult,
     DatabaseProperties,
     Phase,
@@ -425,7 +426,7 @@ def prepare_sync(
             # Documents and images are the usual content: as personal as any column.
             unmasked.append(f"{large_objects} large objects (large_objects: keep or empty)")
         else:
-            masked["large objects"] = rules.large_objects
+            masked[LARGE_OBJECTS] = rules.large_objects
     if unmasked:
         logger.warning(
             "Columns that look personal and have no sanitize rule: %s", ", ".join(unmasked)
@@ -715,6 +716,17 @@ def _copy_large_objects(
     except psycopg.Error as exc:
         raise _error("copying large objects failed", exc, source_dsn) from None
     return count, nbytes
+
+
+def large_objects_checksum(conn: psycopg.Connection[Any]) -> str:
+    """An order-independent checksum of every large object's OID and content."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(hashtextextended("
+        "m.oid::text || ':' || md5(lo_get(m.oid)), 0)::numeric), 0)"
+        " FROM pg_largeobject_metadata m"
+    ).fetchone()
+    assert row is not None
+    return f"{row[0]}:{row[1]}"
 
 
 def read_database_properties(
@@ -1303,7 +1315,7 @@ def copy_database(
             len(built),
         )
 
-        if objects.get("large objects"):
+        if objects.get(LARGE_OBJECTS):
             started = time.perf_counter()
             count, nbytes = _copy_large_objects(
                 source_dsn,
@@ -1344,6 +1356,8 @@ def copy_database(
         if checksums:
             started = time.perf_counter()
             source_checksums = _checksums(source_dsn, snapshot, tables, plan, jobs, source=True)
+            if objects.get(LARGE_OBJECTS) and LARGE_OBJECTS not in plan.masked:
+                source_checksums[LARGE_OBJECTS] = large_objects_checksum(snap)
             phase("source checksums", started, total_bytes)
         snap.rollback()
     if progress_artifact_id is not None:
@@ -1509,8 +1523,12 @@ def verify_copy(
                     max_lengths={},
                 )
                 for k in expected.checksums
+                if k != LARGE_OBJECTS
             ]
             checksums = _checksums(new_dsn, None, tables, plan, jobs, source=False)
+            if LARGE_OBJECTS in expected.checksums:
+                with connect(new_dsn, autocommit=True) as conn:
+                    checksums[LARGE_OBJECTS] = large_objects_checksum(conn)
     except psycopg.Error as exc:
         failure = _error(f"verifying {plan.new} failed", exc, new_dsn)
         raise failure from None
