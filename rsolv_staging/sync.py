@@ -472,6 +472,11 @@ class DatabaseProperties(BaseModel):
         description="ALTER DATABASE ... SET, as pg_db_role_setting keeps them (name=value)",
     )
     comment: str | None = None
+    role_settings: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="ALTER ROLE ... IN DATABASE ... SET, by role (an application role's "
+        "search_path, say)",
+    )
 
 
 def database_properties_query(version_num: int) -> str:
@@ -492,7 +497,9 @@ def database_properties_query(version_num: int) -> str:
 SELECT pg_encoding_to_char(d.encoding), {provider}, d.datcollate, d.datctype, {locale}, {rules},
        coalesce((SELECT s.setconfig FROM pg_db_role_setting s
                  WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}'),
-       shobj_description(d.oid, 'pg_database')
+       shobj_description(d.oid, 'pg_database'),
+       coalesce((SELECT json_object_agg(r.rolname, s.setconfig) FROM pg_db_role_setting s
+                 JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid), '{{}}')
 FROM pg_database d WHERE d.datname = coalesce(%s, current_database())
 """
 
@@ -503,7 +510,10 @@ _SECRET_SETTING = re.compile(r"secret|password|passwd|token|credential|(^|[._])k
 
 
 def choose_database_settings(
-    settings: Sequence[str], known: Mapping[str, str], settable: Collection[str]
+    settings: Sequence[str],
+    known: Mapping[str, str],
+    settable: Collection[str],
+    what: str = "database setting",
 ) -> tuple[list[str], list[str]]:
     """The source database's settings staging's server takes, and what is left out, why.
 
@@ -511,6 +521,7 @@ def choose_database_settings(
         settings: ``name=value`` entries of the source database.
         known: staging's ``pg_settings``: lowercase name -> context.
         settable: lowercase names of superuser-context settings the sync's role may set.
+        what: How the report names a setting (``database setting``, ``role r's setting``).
     """
     kept: list[str] = []
     left_out: list[str] = []
@@ -518,14 +529,12 @@ def choose_database_settings(
         name = entry.split("=", 1)[0]
         lower = name.lower()
         if _SECRET_SETTING.search(name):
-            left_out.append(
-                f"database setting {name}: looks like a credential (staging has its own)"
-            )
+            left_out.append(f"{what} {name}: looks like a credential (staging has its own)")
         elif "." not in name and lower not in known:
             # An extension's setting (with a dot) is kept: it may not be loaded yet.
-            left_out.append(f"database setting {name}: staging's server does not know it")
+            left_out.append(f"{what} {name}: staging's server does not know it")
         elif known.get(lower) == "superuser" and lower not in settable:
-            left_out.append(f"database setting {name}: only a superuser may set it on staging")
+            left_out.append(f"{what} {name}: only a superuser may set it on staging")
         else:
             kept.append(entry)
     return kept, left_out
@@ -661,12 +670,20 @@ def compare_facts(
             got_value = got_db.get(prop)
             if got_value == want_value:
                 continue
+            # Names only for settings: a value may be something that should not be logged.
             if prop == "settings":
-                # Names only: a value may be something that should not be in a log.
                 differ = sorted(
                     {e.split("=", 1)[0] for e in set(want_value) ^ set(got_value or [])}
                 )
                 problems.append(f"database settings differ: {', '.join(differ)}")
+            elif prop == "role_settings":
+                got_roles = got_value or {}
+                roles = sorted(
+                    r
+                    for r in want_value.keys() | got_roles.keys()
+                    if sorted(want_value.get(r, [])) != sorted(got_roles.get(r, []))
+                )
+                problems.append(f"settings in the database differ for roles: {', '.join(roles)}")
             else:
                 problems.append(
                     f"database {prop}: {want_value!r} in the source, {got_value!r} in the copy"

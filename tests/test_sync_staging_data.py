@@ -336,6 +336,9 @@ def test_database_settings_split_like_pg_dump_and_locales_need_a_capable_server(
         "database collate: 'C' in the source, 'en_US' in the copy",
         "database settings differ: work_mem",
     ]
+    got = builtin.model_copy(update={"role_settings": {"app": ["search_path=app"]}})
+    verdict = compare_facts(facts, rows={}, sequences={}, objects={}, checksums={}, database=got)
+    assert verdict.problems == ["settings in the database differ for roles: app"]
     assert compare_facts(
         facts, rows={}, sequences={}, objects={}, checksums={}, database=builtin
     ).ok
@@ -715,6 +718,7 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
         "TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' LOCALE 'C.UTF-8'",
     )
     unbounded = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+    app = f"app_{live_name}"
     big = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB: more than one 1 MiB piece
     try:
         with psycopg.connect(source.dsn, autocommit=True) as conn:
@@ -734,6 +738,16 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             # while the schema is dumped and restored.
             conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '150ms'")
             conn.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 100')
+            # An application role's own search path in this database: the role exists on
+            # staging too, and gets it there; a role staging lacks is left out.
+            conn.execute(f"CREATE ROLE {app}")
+            conn.execute(f"CREATE ROLE {app}_gone")
+            conn.execute(
+                f'ALTER ROLE {app} IN DATABASE "{name}" SET search_path = "we ird", public'
+            )
+            conn.execute(f"ALTER ROLE {app}_gone IN DATABASE \"{name}\" SET work_mem = '8MB'")
+        with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {app}")
         plan, _ = sync(source, pg_staging, production_model, live_name, checksums=True)
         live_dsn = pg_staging.dsn_for(live_name)
         properties = (
@@ -761,6 +775,16 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             assert dst.execute(contents).fetchall() == src.execute(contents).fetchall()
             # A session on staging gets the source's settings: the search path resolves.
             assert dst.execute("SHOW search_path").fetchone() == ('"$user", public, "we ird"',)
+            by_role = (
+                "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s"
+                " JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase"
+                " WHERE d.datname = current_database() ORDER BY 1"
+            )
+            assert src.execute(by_role).fetchall() == [
+                (app, ['search_path="we ird", public']),
+                (f"{app}_gone", ["work_mem=8MB"]),
+            ]
+            assert dst.execute(by_role).fetchall() == [(app, ['search_path="we ird", public'])]
 
         # With checksums, verification reads every large object back: one changed byte
         # in the new copy fails it, and the live database stays as it was.
@@ -806,6 +830,10 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             assert dst.execute(sizes).fetchall() == [("big", 0), ("small", 0)]
     finally:
         pg_production.drop_database(source)
+        for server, roles in ((pg_production, (app, f"{app}_gone")), (pg_staging, (app,))):
+            with psycopg.connect(server.dsn, autocommit=True) as conn:
+                for role in roles:
+                    conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_production_credentials_and_tablespaces_stay_behind(

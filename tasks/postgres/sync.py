@@ -747,7 +747,7 @@ def read_database_properties(
     row = conn.execute(database_properties_query(conn.info.server_version), (name,)).fetchone()
     if row is None:
         raise DataError(f"database {name} does not exist")
-    encoding, provider, collate, ctype, locale, rules, settings, comment = row
+    encoding, provider, collate, ctype, locale, rules, settings, comment, by_role = row
     return DatabaseProperties(
         encoding=str(encoding),
         locale_provider=str(provider),
@@ -757,6 +757,7 @@ def read_database_properties(
         icu_rules=None if rules is None else str(rules),
         settings=[str(s) for s in settings],
         comment=None if comment is None else str(comment),
+        role_settings={str(r): [str(e) for e in entries] for r, entries in by_role.items()},
     )
 
 
@@ -777,6 +778,16 @@ def _settable(conn: psycopg.Connection[Any]) -> tuple[dict[str, str], set[str]]:
         (restricted,),
     ).fetchall()
     return known, {str(r[0]) for r in allowed}
+
+
+def _alterable_roles(conn: psycopg.Connection[Any]) -> tuple[set[str], set[str]]:
+    """The server's roles, and those whose settings in a database this role may set
+    (``ALTER ROLE ... IN DATABASE ... SET``): all for a superuser, else only itself."""
+    existing = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles")}
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    if row and row[0]:
+        return existing, existing
+    return existing, {str(conn.info.user)} & existing
 
 
 def _set_database_properties(
@@ -801,6 +812,22 @@ def _set_database_properties(
                     f"the source database's setting {setting} cannot be set on staging "
                     f"(the live database is untouched): {_redact(str(exc).strip(), target_dsn)}"
                 ) from None
+        for role, entries in sorted(props.role_settings.items()):
+            for entry in entries:
+                setting, values = split_setting(entry)
+                try:
+                    conn.execute(
+                        sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} TO {}").format(
+                            sql.Identifier(role),
+                            ident,
+                            sql.Identifier(setting),
+                            sql.SQL(", ").join(sql.Literal(v) for v in values),
+                        )
+                    )
+                except psycopg.Error as exc:
+                    raise _error(
+                        f"setting {setting} for role {role} in {name} failed", exc, target_dsn
+                    ) from None
         if props.comment is not None:
             try:
                 conn.execute(
@@ -1098,11 +1125,29 @@ def copy_database(
                 )
 
         with _admin(target_dsn, production) as admin:
-            kept, settings_left_out = choose_database_settings(database.settings, *_settable(admin))
+            known, settable = _settable(admin)
+            kept, settings_left_out = choose_database_settings(database.settings, known, settable)
+            # An application role's settings in the database (its search_path, say):
+            # copied for the roles staging's server has and the sync's role may alter.
+            existing, alterable = _alterable_roles(admin)
+            roles_kept: dict[str, list[str]] = {}
+            for role, entries in sorted(database.role_settings.items()):
+                if role not in alterable:
+                    reason = "only a superuser may set them on staging"
+                    if role not in existing:
+                        reason = "no such role on staging's server"
+                    settings_left_out.append(f"role {role}'s settings in the database: {reason}")
+                    continue
+                role_kept, role_left_out = choose_database_settings(
+                    entries, known, settable, what=f"role {role}'s setting"
+                )
+                settings_left_out += role_left_out
+                if role_kept:
+                    roles_kept[role] = role_kept
             for item in settings_left_out:
                 logger.warning("Not copied: %s", item)
             left_out += settings_left_out
-            database = database.model_copy(update={"settings": kept})
+            database = database.model_copy(update={"settings": kept, "role_settings": roles_kept})
             try:
                 admin.execute(
                     sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
