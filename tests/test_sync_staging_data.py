@@ -15,11 +15,9 @@ from __future__ import annotations
 import gc
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -181,45 +179,6 @@ def query(dsn: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     # UTC: the two servers have different time zones, text forms must not depend on them.
     with psycopg.connect(dsn, options="-c TimeZone=UTC") as conn:
         return conn.execute(statement, params or None).fetchall()  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def jobs_extension(pg_production: PostgresServer, pg_staging: PostgresServer) -> Iterator[str]:
-    """A test extension with a configuration table and sequence (as pg_cron's jobs),
-    installable on both servers through PostgreSQL 18's ``extension_control_path``."""
-    root = Path(tempfile.mkdtemp(prefix="rsolv-ext-"))
-    extension = root / "extension"
-    extension.mkdir()
-    (extension / "rsolv_jobs.control").write_text("default_version = '1.0'\nrelocatable = false\n")
-    (extension / "rsolv_jobs--1.0.sql").write_text(
-        "CREATE TABLE @extschema@.job (id serial PRIMARY KEY, command text NOT NULL,"
-        " builtin boolean NOT NULL DEFAULT false);\n"
-        "INSERT INTO @extschema@.job (command, builtin) VALUES ('VACUUM', true);\n"
-        "SELECT pg_catalog.pg_extension_config_dump('@extschema@.job', 'WHERE NOT builtin');\n"
-        "SELECT pg_catalog.pg_extension_config_dump('@extschema@.job_id_seq', '');\n"
-    )
-    # The servers run as another user: it must read these.
-    for path in (root, extension, *extension.iterdir()):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    setting = f"$system:{root}"
-
-    def configure(value: str | None) -> None:
-        for server in (pg_production, pg_staging):
-            with psycopg.connect(server.dsn, autocommit=True) as conn:
-                if value is None:
-                    conn.execute("ALTER SYSTEM RESET extension_control_path")
-                else:
-                    conn.execute(f"ALTER SYSTEM SET extension_control_path = '{value}'")
-                conn.execute("SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 10
-            while query(server.dsn, "SHOW extension_control_path") != [(value or "$system",)]:
-                assert time.monotonic() < deadline, "the server did not reload its settings"
-                time.sleep(0.05)
-
-    configure(setting)
-    yield "rsolv_jobs"
-    configure(None)
-    shutil.rmtree(root)
 
 
 def databases(server: PostgresServer) -> set[str]:
@@ -989,28 +948,6 @@ def test_staging_limits_meant_for_the_application_do_not_cut_the_copy_short(
             pg_staging.drop_database(live_name + suffix)  # the role owns them
         with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
-
-
-def test_the_rows_users_add_to_an_extensions_configuration_table_arrive(
-    source: PostgresDatabase,
-    pg_staging: PostgresServer,
-    production_model: Database,
-    live_name: str,
-    jobs_extension: str,
-) -> None:
-    """An extension's configuration table (pg_extension_config_dump) holds the user's
-    rows, as pg_dump knows: they arrive, replacing what the extension's script inserted
-    on staging, and its sequence continues where production's stopped."""
-    with psycopg.connect(source.dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA jobs")
-        conn.execute(f"CREATE EXTENSION {jobs_extension} SCHEMA jobs")
-        conn.execute("INSERT INTO jobs.job (command) VALUES ('REFRESH totals'), ('CALL purge()')")
-    sync(source, pg_staging, production_model, live_name, checksums=True)
-    live_dsn = pg_staging.dsn_for(live_name)
-    rows = "SELECT id, command, builtin FROM jobs.job ORDER BY id"
-    assert query(live_dsn, rows) == query(source.dsn, rows)
-    assert len(query(live_dsn, rows)) == 3
-    assert query(live_dsn, "SELECT nextval('jobs.job_id_seq')") == [(4,)]
 
 
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(

@@ -111,16 +111,6 @@ def _not_extension_member(catalog: str, column: str) -> str:
     )
 
 
-# A relation whose rows are the user's: not an extension's, or an extension's
-# configuration table or sequence (pg_extension_config_dump: pg_cron's jobs, PostGIS's
-# added spatial references), whose rows pg_dump copies too. Copied whole after a TRUNCATE,
-# so the rows the extension's script inserted on staging are replaced by production's.
-_USER_DATA = (
-    f"({_not_extension_member('pg_class', 'c.oid')} "
-    "OR c.oid IN (SELECT unnest(e.extconfig) FROM pg_extension e))"
-)
-
-
 def _logger() -> Any:
     """The run logger inside a flow or task run; this module's logger elsewhere (scripts)."""
     try:
@@ -303,7 +293,7 @@ JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
-  AND a.attgenerated = '' AND {_USER_NAMESPACES} AND {_USER_DATA}
+  AND a.attgenerated = '' AND {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
 """
 
 
@@ -529,7 +519,7 @@ SELECT n.nspname, c.relname, pg_table_size(c.oid),
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE c.relkind = 'r' AND {_USER_NAMESPACES} AND {_USER_DATA}
+WHERE c.relkind = 'r' AND {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
 GROUP BY n.nspname, c.relname, c.oid
 ORDER BY pg_table_size(c.oid) DESC, 1, 2
 """
@@ -563,7 +553,7 @@ LEFT JOIN pg_am am ON am.oid = ic.relam
 
 _SEQUENCES = f"""
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'S' AND {_USER_NAMESPACES} AND {_USER_DATA}
+WHERE c.relkind = 'S' AND {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
 ORDER BY 1, 2
 """
 
