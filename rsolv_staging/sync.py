@@ -506,7 +506,9 @@ FROM pg_database d WHERE d.datname = coalesce(%s, current_database())
 
 # A setting named like this holds a credential (PostgREST's app.settings.jwt_secret):
 # staging has its own secrets (RFC 002), so it is left out and reported.
-_SECRET_SETTING = re.compile(r"secret|password|passwd|token|credential|(^|[._])key($|[._])", re.I)
+_SECRET_SETTING = re.compile(
+    r"secret|passw|passphrase|token|credential|dsn|conninfo|url|(^|[._])key($|[._])", re.I
+)
 
 
 def choose_database_settings(
@@ -533,7 +535,7 @@ def choose_database_settings(
         elif "." not in name and lower not in known:
             # An extension's setting (with a dot) is kept: it may not be loaded yet.
             left_out.append(f"{what} {name}: staging's server does not know it")
-        elif known.get(lower) == "superuser" and lower not in settable:
+        elif known.get(lower) in ("superuser", "superuser-backend") and lower not in settable:
             left_out.append(f"{what} {name}: only a superuser may set it on staging")
         else:
             kept.append(entry)

@@ -313,6 +313,7 @@ def test_database_settings_staging_would_refuse_or_should_not_hold_are_left_out(
             "search_path=app, public",
             "app.settings.jwt_secret=abc",
             "app.api_key=abc",
+            "app.billing_dsn=host=db",
             "pgaudit.log=all",
             "force_parallel_mode=on",
             "log_statement=all",
@@ -325,6 +326,7 @@ def test_database_settings_staging_would_refuse_or_should_not_hold_are_left_out(
     assert left_out == [
         "database setting app.settings.jwt_secret: looks like a credential (staging has its own)",
         "database setting app.api_key: looks like a credential (staging has its own)",
+        "database setting app.billing_dsn: looks like a credential (staging has its own)",
         "database setting force_parallel_mode: staging's server does not know it",
         "database setting log_statement: only a superuser may set it on staging",
     ]
@@ -685,6 +687,12 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
             conn.execute("CREATE TABLE docs (name text, body oid)")
             conn.execute("INSERT INTO docs VALUES ('small', lo_from_bytea(0, 'hello'))")
             conn.execute("INSERT INTO docs VALUES ('big', lo_from_bytea(0, %s))", (big,))
+            # Sizes at the edges of the read pieces, and more objects than one batch.
+            conn.execute(
+                "SELECT lo_from_bytea(0, convert_to(repeat('x', n), 'UTF8'))"
+                " FROM unnest(ARRAY[0, 65535, 65536, 65537, 1114112]) AS n"
+            )
+            conn.execute("SELECT lo_from_bytea(0, 'tiny') FROM generate_series(1, 300)")
             small = conn.execute("SELECT body FROM docs WHERE name = 'small'").fetchone()
             assert small is not None
             conn.execute(f"COMMENT ON LARGE OBJECT {small[0]} IS 'a greeting'")
@@ -732,6 +740,12 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
                 " FROM docs d ORDER BY 1"
             )
             assert dst.execute(contents).fetchall() == src.execute(contents).fetchall()
+            every = (
+                "SELECT count(*), sum(length(lo_get(oid))), md5(string_agg(md5(lo_get(oid)),"
+                " '' ORDER BY oid)) FROM pg_largeobject_metadata"
+            )
+            assert dst.execute(every).fetchall() == src.execute(every).fetchall()
+            assert dst.execute(every).fetchone()[0] == 307  # type: ignore[index]
             # A session on staging gets the source's settings: the search path resolves.
             assert dst.execute("SHOW search_path").fetchone() == ('"$user", public, "we ird"',)
             by_role = (
@@ -778,7 +792,7 @@ def test_the_database_locale_settings_comment_and_large_objects_arrive(
         plan = prepare_sync.fn(
             SecretStr(source.dsn), SecretStr(pg_staging.dsn), production_model, live_name, rules
         )
-        assert "2 large objects (large_objects: keep or empty)" in plan.unmasked_personal
+        assert "307 large objects (large_objects: keep or empty)" in plan.unmasked_personal
         rules = parse_rules({"columns": {}, "large_objects": "empty"})
         plan, _ = sync(
             source, pg_staging, production_model, live_name, rules=rules, salt=SecretStr("s" * 32)
@@ -887,6 +901,17 @@ def test_a_policy_for_a_role_staging_lacks_is_refused_before_any_write(
                 f"CREATE POLICY small ON app.orders FOR SELECT TO {role} USING (amount < 50)"
             )
         before = databases(pg_staging)
+        # FORCE applies policies to owners too: staging's sync role (the copy's owner)
+        # must bypass them, or verification would count only some rows.
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE app.orders FORCE ROW LEVEL SECURITY")
+        with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {role}_owner LOGIN CREATEDB PASSWORD 'pw'")
+        as_owner = SecretStr(make_conninfo(pg_staging.dsn, user=f"{role}_owner", password="pw"))
+        with pytest.raises(ConfigurationError, match=r"forces row-level security on app\.orders"):
+            prepare_sync.fn(SecretStr(source.dsn), as_owner, production_model, live_name)
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE app.orders NO FORCE ROW LEVEL SECURITY")
         # A sync role that the policy applies to would copy (and count) only the rows
         # it may see: refused, naming the table, until it bypasses row-level security.
         with psycopg.connect(source.dsn, autocommit=True) as conn:
@@ -920,6 +945,7 @@ def test_a_policy_for_a_role_staging_lacks_is_refused_before_any_write(
         for server in (pg_production, pg_staging):
             with psycopg.connect(server.dsn, autocommit=True) as conn:
                 conn.execute(f"DROP ROLE IF EXISTS {role}")
+                conn.execute(f"DROP ROLE IF EXISTS {role}_owner")
 
 
 def test_staging_limits_meant_for_the_application_do_not_cut_the_copy_short(

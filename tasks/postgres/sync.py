@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import hashlib
 import importlib.util
 import os
 import re
@@ -304,8 +305,17 @@ _HIDDEN_ROWS = f"""
 SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND c.relrowsecurity AND {_USER_NAMESPACES}
+  AND {_not_extension_member("pg_class", "c.oid")}
   AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user)
   AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+ORDER BY 1
+"""
+
+_FORCED_ROW_SECURITY = f"""
+SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relforcerowsecurity AND {_USER_NAMESPACES}
+  AND {_not_extension_member("pg_class", "c.oid")}
 ORDER BY 1
 """
 
@@ -335,7 +345,8 @@ def prepare_sync(
     no client tools fit both versions, when an extension is missing on the target, or
     when a sanitize rule names an unknown column, when a row-level security policy
     names a role staging's server lacks, when row-level security would hide rows from
-    the source role, or when it may not read every large object.
+    the source role (or, forced, from staging's), or when it may not read every large
+    object.
 
     Args:
         source_dsn: Production's database (only read).
@@ -362,6 +373,7 @@ def prepare_sync(
         columns = {str(r[0]): (str(r[1]), bool(r[2])) for r in src.execute(_COLUMNS)}
         policy_roles = {str(r[0]) for r in src.execute(_POLICY_ROLES)}
         hidden = [str(r[0]) for r in src.execute(_HIDDEN_ROWS)]
+        forced = [str(r[0]) for r in src.execute(_FORCED_ROW_SECURITY)]
         if hidden:
             raise ConfigurationError(
                 "row-level security would hide rows of "
@@ -393,6 +405,19 @@ def prepare_sync(
             )
         available = {str(r[0]) for r in dst.execute("SELECT name FROM pg_available_extensions")}
         roles = {str(r[0]) for r in dst.execute("SELECT rolname FROM pg_roles")}
+        bypass_row = dst.execute(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+    # On staging the sync's role owns every table (ownership is not copied), but FORCE
+    # ROW LEVEL SECURITY applies policies to owners too: verification would count, and
+    # materialized views would see, only some rows.
+    if forced and not (bypass_row and bypass_row[0]):
+        raise ConfigurationError(
+            "the source forces row-level security on "
+            + ", ".join(forced)
+            + ": staging's sync role must bypass it (BYPASSRLS or superuser) to load and "
+            "verify them; nothing was copied"
+        )
     missing = sorted(extensions - available)
     if missing:
         raise ConfigurationError(
@@ -719,14 +744,31 @@ def _copy_large_objects(
 
 
 def large_objects_checksum(conn: psycopg.Connection[Any]) -> str:
-    """An order-independent checksum of every large object's OID and content."""
-    row = conn.execute(
-        "SELECT count(*), coalesce(sum(hashtextextended("
-        "m.oid::text || ':' || md5(lo_get(m.oid)), 0)::numeric), 0)"
-        " FROM pg_largeobject_metadata m"
-    ).fetchone()
-    assert row is not None
-    return f"{row[0]}:{row[1]}"
+    """An order-independent checksum of every large object's OID and content.
+
+    Read in pieces, as the copy reads them (``md5(lo_get(oid))`` would need each object
+    whole in one value, and fails above 1 GB): objects 256 at a time with their first
+    64 KiB, longer ones piece by piece; each hashed with its OID, the hashes summed.
+    """
+    oids = [int(r[0]) for r in conn.execute("SELECT oid FROM pg_largeobject_metadata")]
+    total = 0
+    for start in range(0, len(oids), _LO_BATCH):
+        firsts = conn.execute(
+            "SELECT m, lo_get(m, 0, %s) FROM unnest(%s::oid[]) AS m",
+            (_LO_FIRST, oids[start : start + _LO_BATCH]),
+        ).fetchall()
+        for oid, first in firsts:
+            digest = hashlib.blake2b(f"{oid}:".encode(), digest_size=16)
+            digest.update(first)
+            offset, more = len(first), len(first) == _LO_FIRST
+            while more:
+                row = conn.execute("SELECT lo_get(%s, %s, %s)", (oid, offset, _LO_PIECE)).fetchone()
+                piece = bytes(row[0]) if row else b""
+                digest.update(piece)
+                offset += len(piece)
+                more = len(piece) == _LO_PIECE
+            total = (total + int.from_bytes(digest.digest(), "big")) % (1 << 128)
+    return f"{len(oids)}:{total:032x}"
 
 
 def read_database_properties(
@@ -758,7 +800,7 @@ def _settable(conn: psycopg.Connection[Any]) -> tuple[dict[str, str], set[str]]:
         str(n).lower(): str(c) for n, c in conn.execute("SELECT name, context FROM pg_settings")
     }
     row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
-    restricted = [n for n, c in known.items() if c == "superuser"]
+    restricted = [n for n, c in known.items() if c in ("superuser", "superuser-backend")]
     if row and row[0]:
         return known, set(restricted)
     if conn.info.server_version < 150_000:  # no SET privileges on parameters before 15
@@ -1149,6 +1191,7 @@ def copy_database(
                     )
                 )
             except (
+                psycopg.errors.WrongObjectType,  # "invalid LC_COLLATE locale name"
                 psycopg.errors.InvalidParameterValue,
                 psycopg.errors.UndefinedObject,
                 psycopg.errors.FeatureNotSupported,
@@ -1401,7 +1444,7 @@ def copy_database(
         if checksums:
             started = time.perf_counter()
             source_checksums = _checksums(source_dsn, snapshot, tables, plan, jobs, source=True)
-            if objects.get(LARGE_OBJECTS) and LARGE_OBJECTS not in plan.masked:
+            if objects.get(LARGE_OBJECTS) and plan.masked.get(LARGE_OBJECTS) != "empty":
                 source_checksums[LARGE_OBJECTS] = large_objects_checksum(snap)
             phase("source checksums", started, total_bytes)
         snap.rollback()
@@ -1583,7 +1626,12 @@ def verify_copy(
         sequences=sequences,
         objects=objects,
         checksums=checksums,
-        masked_tables={c.rsplit(".", 1)[0] for c in plan.masked},
+        # Large objects kept as they are still compare; emptied ones cannot.
+        masked_tables={
+            c.rsplit(".", 1)[0]
+            for c, how in plan.masked.items()
+            if (c, how) != (LARGE_OBJECTS, "keep")
+        },
         database=database,
     )
     if not verification.ok:
