@@ -1341,6 +1341,7 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
         }
     markdown = str(artifacts[REPORT_ARTIFACT_KEY].data)
     assert "Verification: passed" in markdown
+    assert "## Not copied\n\n- ownership and grants" in markdown
     assert pg_staging.password not in markdown
     assert artifacts[PROGRESS_ARTIFACT_KEY].data == 100.0
 
