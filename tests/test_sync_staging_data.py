@@ -976,6 +976,49 @@ def test_staging_limits_meant_for_the_application_do_not_cut_the_copy_short(
             conn.execute(f"DROP ROLE {role}")
 
 
+def test_a_staging_role_that_is_not_a_superuser_syncs_and_reports_what_it_may_not_set(
+    source: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """Staging's sync role needs only CREATEDB: what only a superuser may set there (a
+    superuser-only setting of the database, another role's settings in it) is left out
+    and reported, and the rest of the copy is whole."""
+    role = f"sync_{live_name}"
+    with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD 'pw'")
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{source.name}\" SET log_statement = 'all'")
+        conn.execute(f"ALTER DATABASE \"{source.name}\" SET work_mem = '8MB'")
+        conn.execute(f"ALTER ROLE postgres IN DATABASE \"{source.name}\" SET work_mem = '16MB'")
+    try:
+        src = SecretStr(source.dsn)
+        dst = SecretStr(make_conninfo(pg_staging.dsn, user=role, password="pw"))
+        plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+        result = copy_database.fn(src, dst, production_model, plan)
+        verify_copy.fn(dst, plan, result)
+        swap_database.fn(dst, production_model, plan)
+        assert result.left_out == [
+            "database setting log_statement: only a superuser may set it on staging",
+            "role postgres's settings in the database: only a superuser may set them on staging",
+        ]
+        live_dsn = pg_staging.dsn_for(live_name)
+        assert snapshot_of(live_dsn) == snapshot_of(source.dsn)
+        assert query(
+            live_dsn,
+            "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d"
+            " ON d.oid = s.setdatabase WHERE d.datname = current_database()",
+        ) == [(["work_mem=8MB"],)]
+    finally:
+        with psycopg.connect(source.dsn, autocommit=True) as conn:
+            conn.execute(f'ALTER ROLE postgres IN DATABASE "{source.name}" RESET ALL')
+        for suffix in ("", "_sync_new", "_sync_old"):
+            pg_staging.drop_database(live_name + suffix)  # the role owns them
+        with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+
+
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(
     source: PostgresDatabase,
     pg_staging: PostgresServer,
