@@ -907,6 +907,7 @@ def test_a_policy_for_a_role_staging_lacks_is_refused_before_any_write(
             conn.execute("ALTER TABLE app.orders FORCE ROW LEVEL SECURITY")
         with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
             conn.execute(f"CREATE ROLE {role}_owner LOGIN CREATEDB PASSWORD 'pw'")
+            conn.execute(f"GRANT pg_signal_backend TO {role}_owner")
         as_owner = SecretStr(make_conninfo(pg_staging.dsn, user=f"{role}_owner", password="pw"))
         with pytest.raises(ConfigurationError, match=r"forces row-level security on app\.orders"):
             prepare_sync.fn(SecretStr(source.dsn), as_owner, production_model, live_name)
@@ -982,19 +983,26 @@ def test_a_staging_role_that_is_not_a_superuser_syncs_and_reports_what_it_may_no
     production_model: Database,
     live_name: str,
 ) -> None:
-    """Staging's sync role needs only CREATEDB: what only a superuser may set there (a
-    superuser-only setting of the database, another role's settings in it) is left out
-    and reported, and the rest of the copy is whole."""
+    """Staging's sync role needs CREATEDB, the live database and pg_signal_backend, and
+    is refused up front without them (the swap would fail at the very end). What only a
+    superuser may set there (a superuser-only setting of the database, another role's
+    settings in it) is left out and reported, and the rest of the copy is whole."""
     role = f"sync_{live_name}"
     with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD 'pw'")
+        conn.execute(f'CREATE DATABASE "{live_name}"')  # owned by postgres
+    src = SecretStr(source.dsn)
+    dst = SecretStr(make_conninfo(pg_staging.dsn, user=role, password="pw"))
+    with pytest.raises(ConfigurationError, match=f"lacks ownership of {live_name} .*, member"):
+        prepare_sync.fn(src, dst, production_model, live_name, None)
+    with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{live_name}" OWNER TO {role}')
+        conn.execute(f"GRANT pg_signal_backend TO {role}")
     with psycopg.connect(source.dsn, autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE \"{source.name}\" SET log_statement = 'all'")
         conn.execute(f"ALTER DATABASE \"{source.name}\" SET work_mem = '8MB'")
         conn.execute(f"ALTER ROLE postgres IN DATABASE \"{source.name}\" SET work_mem = '16MB'")
     try:
-        src = SecretStr(source.dsn)
-        dst = SecretStr(make_conninfo(pg_staging.dsn, user=role, password="pw"))
         plan = prepare_sync.fn(src, dst, production_model, live_name, None)
         result = copy_database.fn(src, dst, production_model, plan)
         verify_copy.fn(dst, plan, result)

@@ -345,8 +345,8 @@ def prepare_sync(
     no client tools fit both versions, when an extension is missing on the target, or
     when a sanitize rule names an unknown column, when a row-level security policy
     names a role staging's server lacks, when row-level security would hide rows from
-    the source role (or, forced, from staging's), or when it may not read every large
-    object.
+    the source role (or, forced, from staging's), when it may not read every large
+    object, or when staging's role could not create, swap and clean up databases.
 
     Args:
         source_dsn: Production's database (only read).
@@ -408,6 +408,29 @@ def prepare_sync(
         bypass_row = dst.execute(
             "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
+        swap_row = dst.execute(
+            "SELECT r.rolsuper, r.rolcreatedb, pg_has_role('pg_signal_backend', 'USAGE'),"
+            " (SELECT pg_has_role(d.datdba, 'USAGE') FROM pg_database d WHERE d.datname = %s)"
+            " FROM pg_roles r WHERE r.rolname = current_user",
+            (live_name,),
+        ).fetchone()
+    # The copy creates databases, and the swap renames the live one and ends the sessions
+    # on it: without the rights to do all of it, the run would fail at the very end.
+    if swap_row is not None and not swap_row[0]:
+        _, createdb, signal, owns_live = swap_row
+        lacking = []
+        if not createdb:
+            lacking.append("CREATEDB")
+        if owns_live is False:
+            lacking.append(f"ownership of {live_name} (ALTER DATABASE ... OWNER TO it)")
+        if not signal:
+            lacking.append("membership in pg_signal_backend (to end staging's sessions)")
+        if lacking:
+            raise ConfigurationError(
+                "staging's sync role is not a superuser and lacks "
+                + ", ".join(lacking)
+                + "; nothing was copied"
+            )
     # On staging the sync's role owns every table (ownership is not copied), but FORCE
     # ROW LEVEL SECURITY applies policies to owners too: verification would count, and
     # materialized views would see, only some rows.
