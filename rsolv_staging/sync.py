@@ -448,6 +448,19 @@ class PostDataQueue:
             self._analyzable.append(table)
 
 
+def references_first(references: Mapping[str, Collection[str]]) -> list[str]:
+    """Tables in an order that loads each after the tables it references (among these);
+    a cycle is broken in name order (its keys must then be deferrable anyway)."""
+    order: list[str] = []
+    left = dict(sorted(references.items()))
+    while left:
+        ready = [t for t, refs in left.items() if not (set(refs) & left.keys() - {t})]
+        for table in ready or [next(iter(left))]:
+            order.append(table)
+            del left[table]
+    return order
+
+
 def toc_list(entries: Iterable[TocEntry]) -> str:
     """A ``pg_restore -L`` list file of ``entries``, in the listing's order: ``-L``
     restores in the file's order, and dump ids are not in dependency order."""

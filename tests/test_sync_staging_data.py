@@ -15,12 +15,14 @@ from __future__ import annotations
 import gc
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ from rsolv_staging.sync import (
     parse_toc,
     parse_tool_version,
     plan_post_data,
+    references_first,
     split_setting,
     sync_names,
     toc_list,
@@ -179,6 +182,57 @@ def query(dsn: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     # UTC: the two servers have different time zones, text forms must not depend on them.
     with psycopg.connect(dsn, options="-c TimeZone=UTC") as conn:
         return conn.execute(statement, params or None).fetchall()  # type: ignore[arg-type]
+
+
+JOBS_EXTENSION_SQL = """
+CREATE TABLE @extschema@.job (id serial PRIMARY KEY, command text NOT NULL,
+                              builtin boolean NOT NULL DEFAULT false);
+CREATE TABLE @extschema@.attempt (job_id int NOT NULL REFERENCES @extschema@.job (id), note text);
+INSERT INTO @extschema@.job (command, builtin) VALUES ('VACUUM', true);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.job', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.attempt', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.job_id_seq', '');
+"""
+
+
+@pytest.fixture
+def jobs_extension(
+    pg_production: PostgresServer, pg_staging: PostgresServer
+) -> Iterator[Callable[[PostgresServer, str], None]]:
+    """``install(server, version)``: a test extension whose configuration tables reference
+    each other (as pg_partman's), at version 1.0 or 1.1, made available on a server
+    through PostgreSQL 18's ``extension_control_path``."""
+    roots: dict[str, Path] = {}
+    for version in ("1.0", "1.1"):
+        root = Path(tempfile.mkdtemp(prefix="rsolv-ext-"))
+        extension = root / "extension"
+        extension.mkdir()
+        control = f"default_version = '{version}'\nrelocatable = false\n"
+        (extension / "rsolv_jobs.control").write_text(control)
+        (extension / f"rsolv_jobs--{version}.sql").write_text(JOBS_EXTENSION_SQL)
+        # The servers run as another user: it must read these.
+        for path in (root, extension, *extension.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        roots[version] = root
+
+    def install(server: PostgresServer, version: str | None) -> None:
+        value = "$system" if version is None else f"$system:{roots[version]}"
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET extension_control_path = '{value}'")
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while query(server.dsn, "SHOW extension_control_path") != [(value,)]:
+            assert time.monotonic() < deadline, "the server did not reload its settings"
+            time.sleep(0.05)
+
+    yield install
+    for server in (pg_production, pg_staging):
+        install(server, None)
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET extension_control_path")
+            conn.execute("SELECT pg_reload_conf()")
+    for root in roots.values():
+        shutil.rmtree(root)
 
 
 def databases(server: PostgresServer) -> set[str]:
@@ -332,6 +386,15 @@ def test_database_settings_staging_would_refuse_or_should_not_hold_are_left_out(
     ]
     kept, _ = choose_database_settings(["log_statement=all"], known, settable={"log_statement"})
     assert kept == ["log_statement=all"]
+
+
+def test_configuration_tables_load_referenced_first_and_a_cycle_does_not_hang() -> None:
+    assert references_first({"p.sub": ["p.config"], "p.config": [], "p.z": ["p.sub"]}) == [
+        "p.config",
+        "p.sub",
+        "p.z",
+    ]
+    assert references_first({"a": ["b"], "b": ["a"], "c": ["c"]}) == ["c", "a", "b"]
 
 
 def test_tools_are_chosen_between_the_source_and_target_versions() -> None:
@@ -1025,6 +1088,49 @@ def test_a_staging_role_that_is_not_a_superuser_syncs_and_reports_what_it_may_no
             pg_staging.drop_database(live_name + suffix)  # the role owns them
         with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_the_rows_users_add_to_extensions_configuration_tables_arrive(
+    source: PostgresDatabase,
+    pg_production: PostgresServer,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+    jobs_extension: Callable[[PostgresServer, str], None],
+) -> None:
+    """An extension's configuration tables (pg_extension_config_dump) hold the user's
+    rows, as pg_dump knows: they arrive whole, replacing what the extension's script
+    inserted on staging, loaded referenced first, and the sequence continues where
+    production's stopped. With the extension at another version on staging, its tables
+    may differ: their rows are left out and reported."""
+    jobs_extension(pg_production, "1.0")
+    jobs_extension(pg_staging, "1.0")
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA jobs")
+        conn.execute("CREATE EXTENSION rsolv_jobs SCHEMA jobs")
+        conn.execute("INSERT INTO jobs.job (command) VALUES ('REFRESH totals'), ('CALL purge()')")
+        conn.execute("INSERT INTO jobs.attempt VALUES (2, 'ok'), (3, 'late')")
+    src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
+    plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+    result = copy_database.fn(src, dst, production_model, plan)
+    verify_copy.fn(dst, plan, result)  # recounts both tables
+    swap_database.fn(dst, production_model, plan)
+    assert (result.facts.rows["jobs.job"], result.facts.rows["jobs.attempt"]) == (3, 2)
+    live_dsn = pg_staging.dsn_for(live_name)
+    for table in ("jobs.job", "jobs.attempt"):
+        everything = f"SELECT * FROM {table} ORDER BY 1, 2"
+        assert query(live_dsn, everything) == query(source.dsn, everything)
+    assert query(live_dsn, "SELECT nextval('jobs.job_id_seq')") == [(4,)]
+
+    jobs_extension(pg_staging, "1.1")
+    plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+    result = copy_database.fn(src, dst, production_model, plan)
+    verify_copy.fn(dst, plan, result)
+    swap_database.fn(dst, production_model, plan)
+    assert result.left_out == [
+        "the configuration rows of extension rsolv_jobs: 1.0 on production, 1.1 on staging"
+    ]
+    assert query(live_dsn, "SELECT command FROM jobs.job") == [("VACUUM",)]
 
 
 def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(

@@ -82,6 +82,7 @@ from rsolv_staging.sync import (
     parse_toc,
     parse_tool_version,
     plan_post_data,
+    references_first,
     session_settings,
     split_setting,
     sync_names,
@@ -687,6 +688,126 @@ def table_checksum(conn: psycopg.Connection[Any], schema: str, name: str) -> str
     return f"{row[0]}:{row[1]}"
 
 
+# Extensions' configuration tables and sequences (pg_extension_config_dump): their rows
+# are the user's (pg_partman's partition sets, PostGIS's added spatial references), and
+# pg_dump copies them. Per relation: its extension and version, kind, name, the columns
+# COPY takes, and the other tables its foreign keys reference.
+_EXTENSION_CONFIG = """
+SELECT e.extname, e.extversion, c.relkind, n.nspname, c.relname,
+       coalesce(array_agg(a.attname ORDER BY a.attnum)
+                FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                '{}'),
+       coalesce((SELECT array_agg(DISTINCT rn.nspname || '.' || r.relname)
+                 FROM pg_constraint k JOIN pg_class r ON r.oid = k.confrelid
+                 JOIN pg_namespace rn ON rn.oid = r.relnamespace
+                 WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.confrelid <> c.oid), '{}')
+FROM pg_extension e
+CROSS JOIN LATERAL unnest(e.extconfig) AS x(cfg)
+JOIN pg_class c ON c.oid = x.cfg JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid
+GROUP BY e.extname, e.extversion, c.oid, c.relkind, n.nspname, c.relname
+ORDER BY 1, 4, 5
+"""
+
+
+@dataclass(frozen=True)
+class _ConfigRelation:
+    extension: str
+    version: str
+    kind: str
+    schema_name: str
+    name: str
+    columns: list[str]
+    references: list[str]  # schema.table keys
+
+    @property
+    def key(self) -> str:
+        return f"{self.schema_name}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema_name, self.name)
+
+
+def _copy_extension_config(
+    source_dsn: SecretStr,
+    snapshot: str,
+    new_dsn: SecretStr,
+    production: Database,
+    relations: Sequence[_ConfigRelation],
+) -> tuple[dict[str, int], list[str]]:
+    """Copy the extensions' configuration tables whole (after emptying what the
+    extension's script inserted on staging) and set their sequences; returns rows per
+    table, and what was left out and why.
+
+    Per extension, one transaction: its tables emptied together (they may reference each
+    other) and loaded referenced first. Left out: an extension at another version on
+    staging (its tables may differ), and pg_cron (production's jobs would run on staging).
+    """
+    rows: dict[str, int] = {}
+    left_out: list[str] = []
+    by_extension: dict[str, list[_ConfigRelation]] = {}
+    for relation in relations:
+        by_extension.setdefault(relation.extension, []).append(relation)
+    try:
+        with (
+            source_session(source_dsn, snapshot) as src,
+            connect_for_writing(new_dsn, production) as dst,
+        ):
+            installed = {
+                str(n): str(v)
+                for n, v in dst.execute("SELECT extname, extversion FROM pg_extension")
+            }
+            dst.rollback()
+            for extension, members in sorted(by_extension.items()):
+                version = members[0].version
+                if extension == "pg_cron":
+                    left_out.append("pg_cron's jobs: production's schedule would run on staging")
+                    continue
+                if installed.get(extension) != version:
+                    left_out.append(
+                        f"the configuration rows of extension {extension}: {version} on "
+                        f"production, {installed.get(extension)} on staging"
+                    )
+                    continue
+                tables = {m.key: m for m in members if m.kind == "r"}
+                with dst.transaction():
+                    if tables:
+                        dst.execute(
+                            sql.SQL("TRUNCATE ONLY {}").format(
+                                sql.SQL(", ").join(tables[t].ident for t in sorted(tables))
+                            )
+                        )
+                    for name in references_first({t: m.references for t, m in tables.items()}):
+                        columns = sql.SQL(", ").join(
+                            sql.Identifier(c) for c in tables[name].columns
+                        )
+                        out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)")
+                        into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)")
+                        writer = dst.cursor()
+                        with (
+                            src.cursor().copy(out.format(tables[name].ident, columns)) as reader,
+                            writer.copy(into.format(tables[name].ident, columns)) as loader,
+                        ):
+                            for block in reader:
+                                loader.write(block)
+                        rows[name] = writer.rowcount
+                    for member in members:
+                        if member.kind != "S":
+                            continue
+                        row = src.execute(
+                            sql.SQL("SELECT last_value, is_called FROM {}").format(member.ident)
+                        ).fetchone()
+                        assert row is not None
+                        dst.execute(
+                            "SELECT setval(%s::regclass, %s, %s)",
+                            (member.ident.as_string(dst), row[0], row[1]),
+                        )
+    except psycopg.Error as exc:
+        raise _error("copying extensions' configuration tables failed", exc, source_dsn) from None
+    return rows, left_out
+
+
 # Large objects come with their listing, 256 at a time, with their first 64 KiB (most fit
 # whole: at most 16 MiB in memory); longer ones follow in 1 MiB pieces.
 _LO_BATCH = 256
@@ -1162,6 +1283,18 @@ def copy_database(
         sequences = read_sequences(snap)
         objects = read_objects(snap)
         database = read_database_properties(snap)
+        config = [
+            _ConfigRelation(
+                extension=str(ext),
+                version=str(version),
+                kind=str(kind),
+                schema_name=str(schema),
+                name=str(name),
+                columns=[str(c) for c in cols],
+                references=[str(r) for r in refs],
+            )
+            for ext, version, kind, schema, name, cols, refs in snap.execute(_EXTENSION_CONFIG)
+        ]
         create_options = create_database_options(database, plan.target_version)
         total_bytes = sum(t.bytes for t in tables)
         if rules is not None:
@@ -1425,6 +1558,17 @@ def copy_database(
             total_bytes / 1e6,
             len(built),
         )
+
+        if config:
+            started = time.perf_counter()
+            config_rows, config_left_out = _copy_extension_config(
+                source_dsn, snapshot, new_dsn, production, config
+            )
+            rows.update(config_rows)
+            for item in config_left_out:
+                logger.warning("Not copied: %s", item)
+            left_out += config_left_out
+            phase("extensions' configuration tables", started)
 
         if objects.get(LARGE_OBJECTS):
             started = time.perf_counter()
