@@ -526,17 +526,12 @@ def drop_leftovers(target_dsn: SecretStr, production: Database, names: SyncNames
 # --- 2. the copy ---------------------------------------------------------------------
 
 
-class _Table(BaseModel):
+class _Relation(BaseModel):
+    """A table or sequence of the source, and the columns a COPY of it takes."""
+
     schema_name: str
     name: str
-    bytes: int
-    root: str = Field(description="The partitioned table a partition belongs to, or itself")
     columns: list[str]
-    unique_columns: list[str]
-    max_lengths: dict[str, int]
-    own_autovacuum: bool = Field(
-        default=False, description="The source sets autovacuum_enabled on it (or its TOAST)"
-    )
 
     @property
     def key(self) -> str:
@@ -549,6 +544,16 @@ class _Table(BaseModel):
     @property
     def column_list(self) -> sql.Composable:
         return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+
+
+class _Table(_Relation):
+    bytes: int
+    root: str = Field(description="The partitioned table a partition belongs to, or itself")
+    unique_columns: list[str]
+    max_lengths: dict[str, int]
+    own_autovacuum: bool = Field(
+        default=False, description="The source sets autovacuum_enabled on it (or its TOAST)"
+    )
 
 
 _TABLES = f"""
@@ -710,23 +715,11 @@ ORDER BY 1, 4, 5
 """
 
 
-@dataclass(frozen=True)
-class _ConfigRelation:
+class _ConfigRelation(_Relation):
     extension: str
     version: str
     kind: str
-    schema_name: str
-    name: str
-    columns: list[str]
     references: list[str]  # schema.table keys
-
-    @property
-    def key(self) -> str:
-        return f"{self.schema_name}.{self.name}"
-
-    @property
-    def ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema_name, self.name)
 
 
 def _copy_extension_config(
@@ -779,9 +772,7 @@ def _copy_extension_config(
                             )
                         )
                     for name in references_first({t: m.references for t, m in tables.items()}):
-                        columns = sql.SQL(", ").join(
-                            sql.Identifier(c) for c in tables[name].columns
-                        )
+                        columns = tables[name].column_list
                         out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)")
                         into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)")
                         writer = dst.cursor()
