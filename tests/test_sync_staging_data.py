@@ -52,6 +52,7 @@ from rsolv_staging.sanitize import (
 from rsolv_staging.sync import (
     CONCURRENCY_LIMIT,
     LARGE_OBJECTS,
+    CopyResult,
     DatabaseProperties,
     PostDataObject,
     PostDataQueue,
@@ -178,6 +179,20 @@ def live_name(pg_staging: PostgresServer) -> Iterator[str]:
         pg_staging.drop_database(name + suffix)
 
 
+@pytest.fixture
+def staging_role(pg_staging: PostgresServer, live_name: str) -> Iterator[tuple[str, SecretStr]]:
+    """A login role of this test's own on staging, and a DSN of staging's server as it;
+    dropped after the test, with the databases it came to own."""
+    role = f"sync_{live_name}"
+    with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    yield role, SecretStr(make_conninfo(pg_staging.dsn, user=role, password="pw"))
+    for suffix in ("", "_sync_new", "_sync_old"):
+        pg_staging.drop_database(live_name + suffix)
+    with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE {role}")
+
+
 def query(dsn: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     # UTC: the two servers have different time zones, text forms must not depend on them.
     with psycopg.connect(dsn, options="-c TimeZone=UTC") as conn:
@@ -239,6 +254,18 @@ def databases(server: PostgresServer) -> set[str]:
     return {str(r[0]) for r in query(server.dsn, "SELECT datname FROM pg_database")}
 
 
+def sync_as(
+    src: SecretStr, dst: SecretStr, production: Database, live: str, **options: Any
+) -> tuple[SyncPlan, CopyResult, str | None]:
+    """One sync through the task bodies, as the flow chains them, with these DSNs:
+    (plan, what the copy did, rollback name)."""
+    plan = prepare_sync.fn(src, dst, production, live, options.get("rules"))
+    result = copy_database.fn(src, dst, production, plan, **options)
+    verify_copy.fn(dst, plan, result)
+    rollback = swap_database.fn(dst, production, plan)
+    return plan, result, rollback
+
+
 def sync(
     source: PostgresDatabase,
     staging: PostgresServer,
@@ -246,12 +273,10 @@ def sync(
     live: str,
     **options: Any,
 ) -> tuple[SyncPlan, str | None]:
-    """One sync through the task bodies, as the flow chains them: (plan, rollback name)."""
-    src, dst = SecretStr(source.dsn), SecretStr(staging.dsn)
-    plan = prepare_sync.fn(src, dst, production, live, options.get("rules"))
-    result = copy_database.fn(src, dst, production, plan, **options)
-    verify_copy.fn(dst, plan, result)
-    rollback = swap_database.fn(dst, production, plan)
+    """One sync from the source database into the staging server: (plan, rollback name)."""
+    plan, _, rollback = sync_as(
+        SecretStr(source.dsn), SecretStr(staging.dsn), production, live, **options
+    )
     return plan, rollback
 
 
@@ -908,10 +933,7 @@ def test_production_credentials_and_tablespaces_stay_behind(
         )
     try:
         src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
-        plan = prepare_sync.fn(src, dst, production_model, live_name, None)
-        result = copy_database.fn(src, dst, production_model, plan)
-        verify_copy.fn(dst, plan, result)
-        swap_database.fn(dst, production_model, plan)
+        _, result, _ = sync_as(src, dst, production_model, live_name)
         assert result.left_out == [
             "1 user mapping(s) of foreign servers: they hold production's credentials; "
             "create staging's own"
@@ -1017,27 +1039,17 @@ def test_staging_limits_meant_for_the_application_do_not_cut_the_copy_short(
     pg_staging: PostgresServer,
     production_model: Database,
     live_name: str,
+    staging_role: tuple[str, SecretStr],
 ) -> None:
     """Staging's own limits (here a 1 ms statement_timeout on the sync's role: creating a
     database alone takes longer) are meant for the application: the copy's sessions on
     staging set them aside, as pg_restore does."""
-    role = f"sync_{live_name}"
+    role, dst = staging_role
     with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'pw'")
+        conn.execute(f"ALTER ROLE {role} SUPERUSER")
         conn.execute(f"ALTER ROLE {role} SET statement_timeout = '1ms'")
-    try:
-        src = SecretStr(source.dsn)
-        dst = SecretStr(make_conninfo(pg_staging.dsn, user=role, password="pw"))
-        plan = prepare_sync.fn(src, dst, production_model, live_name, None)
-        result = copy_database.fn(src, dst, production_model, plan)
-        verify_copy.fn(dst, plan, result)
-        swap_database.fn(dst, production_model, plan)
-        assert snapshot_of(pg_staging.dsn_for(live_name)) == snapshot_of(source.dsn)
-    finally:
-        for suffix in ("", "_sync_new", "_sync_old"):
-            pg_staging.drop_database(live_name + suffix)  # the role owns them
-        with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
-            conn.execute(f"DROP ROLE {role}")
+    sync_as(SecretStr(source.dsn), dst, production_model, live_name)
+    assert snapshot_of(pg_staging.dsn_for(live_name)) == snapshot_of(source.dsn)
 
 
 def test_a_staging_role_that_is_not_a_superuser_syncs_and_reports_what_it_may_not_set(
@@ -1045,17 +1057,17 @@ def test_a_staging_role_that_is_not_a_superuser_syncs_and_reports_what_it_may_no
     pg_staging: PostgresServer,
     production_model: Database,
     live_name: str,
+    staging_role: tuple[str, SecretStr],
 ) -> None:
     """Staging's sync role needs CREATEDB, the live database and pg_signal_backend, and
     is refused up front without them (the swap would fail at the very end). What only a
     superuser may set there (a superuser-only setting of the database, another role's
     settings in it) is left out and reported, and the rest of the copy is whole."""
-    role = f"sync_{live_name}"
+    role, dst = staging_role
     with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD 'pw'")
+        conn.execute(f"ALTER ROLE {role} CREATEDB")
         conn.execute(f'CREATE DATABASE "{live_name}"')  # owned by postgres
     src = SecretStr(source.dsn)
-    dst = SecretStr(make_conninfo(pg_staging.dsn, user=role, password="pw"))
     with pytest.raises(ConfigurationError, match=f"lacks ownership of {live_name} .*, member"):
         prepare_sync.fn(src, dst, production_model, live_name, None)
     with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
@@ -1066,10 +1078,7 @@ def test_a_staging_role_that_is_not_a_superuser_syncs_and_reports_what_it_may_no
         conn.execute(f"ALTER DATABASE \"{source.name}\" SET work_mem = '8MB'")
         conn.execute(f"ALTER ROLE postgres IN DATABASE \"{source.name}\" SET work_mem = '16MB'")
     try:
-        plan = prepare_sync.fn(src, dst, production_model, live_name, None)
-        result = copy_database.fn(src, dst, production_model, plan)
-        verify_copy.fn(dst, plan, result)
-        swap_database.fn(dst, production_model, plan)
+        _, result, _ = sync_as(src, dst, production_model, live_name)
         assert result.left_out == [
             "database setting log_statement: only a superuser may set it on staging",
             "role postgres's settings in the database: only a superuser may set them on staging",
@@ -1084,10 +1093,6 @@ def test_a_staging_role_that_is_not_a_superuser_syncs_and_reports_what_it_may_no
     finally:
         with psycopg.connect(source.dsn, autocommit=True) as conn:
             conn.execute(f'ALTER ROLE postgres IN DATABASE "{source.name}" RESET ALL')
-        for suffix in ("", "_sync_new", "_sync_old"):
-            pg_staging.drop_database(live_name + suffix)  # the role owns them
-        with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
-            conn.execute(f"DROP ROLE {role}")
 
 
 def test_the_rows_users_add_to_extensions_configuration_tables_arrive(
@@ -1111,10 +1116,9 @@ def test_the_rows_users_add_to_extensions_configuration_tables_arrive(
         conn.execute("INSERT INTO jobs.job (command) VALUES ('REFRESH totals'), ('CALL purge()')")
         conn.execute("INSERT INTO jobs.attempt VALUES (2, 'ok'), (3, 'late')")
     src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
-    plan = prepare_sync.fn(src, dst, production_model, live_name, None)
-    result = copy_database.fn(src, dst, production_model, plan)
-    verify_copy.fn(dst, plan, result)  # recounts both tables
-    swap_database.fn(dst, production_model, plan)
+    _, result, _ = sync_as(
+        src, dst, production_model, live_name
+    )  # verification recounts both tables
     assert (result.facts.rows["jobs.job"], result.facts.rows["jobs.attempt"]) == (3, 2)
     live_dsn = pg_staging.dsn_for(live_name)
     for table in ("jobs.job", "jobs.attempt"):
@@ -1123,10 +1127,7 @@ def test_the_rows_users_add_to_extensions_configuration_tables_arrive(
     assert query(live_dsn, "SELECT nextval('jobs.job_id_seq')") == [(4,)]
 
     jobs_extension(pg_staging, "1.1")
-    plan = prepare_sync.fn(src, dst, production_model, live_name, None)
-    result = copy_database.fn(src, dst, production_model, plan)
-    verify_copy.fn(dst, plan, result)
-    swap_database.fn(dst, production_model, plan)
+    _, result, _ = sync_as(src, dst, production_model, live_name)
     assert result.left_out == [
         "the configuration rows of extension rsolv_jobs: 1.0 on production, 1.1 on staging"
     ]
