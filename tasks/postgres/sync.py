@@ -406,19 +406,16 @@ def prepare_sync(
             )
         available = {str(r[0]) for r in dst.execute("SELECT name FROM pg_available_extensions")}
         roles = {str(r[0]) for r in dst.execute("SELECT rolname FROM pg_roles")}
-        bypass_row = dst.execute(
-            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-        swap_row = dst.execute(
+        rights = dst.execute(
             "SELECT r.rolsuper, r.rolcreatedb, pg_has_role('pg_signal_backend', 'USAGE'),"
-            " (SELECT pg_has_role(d.datdba, 'USAGE') FROM pg_database d WHERE d.datname = %s)"
-            " FROM pg_roles r WHERE r.rolname = current_user",
+            " (SELECT pg_has_role(d.datdba, 'USAGE') FROM pg_database d WHERE d.datname = %s),"
+            " r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user",
             (live_name,),
         ).fetchone()
+    superuser, createdb, signal, owns_live, bypassrls = rights or (False,) * 5
     # The copy creates databases, and the swap renames the live one and ends the sessions
     # on it: without the rights to do all of it, the run would fail at the very end.
-    if swap_row is not None and not swap_row[0]:
-        _, createdb, signal, owns_live = swap_row
+    if not superuser:
         lacking = []
         if not createdb:
             lacking.append("CREATEDB")
@@ -435,7 +432,7 @@ def prepare_sync(
     # On staging the sync's role owns every table (ownership is not copied), but FORCE
     # ROW LEVEL SECURITY applies policies to owners too: verification would count, and
     # materialized views would see, only some rows.
-    if forced and not (bypass_row and bypass_row[0]):
+    if forced and not (superuser or bypassrls):
         raise ConfigurationError(
             "the source forces row-level security on "
             + ", ".join(forced)
