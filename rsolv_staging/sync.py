@@ -97,10 +97,14 @@ def session_settings(version_num: int) -> tuple[str, ...]:
     ``statement_timeout`` meant for the application, and the snapshot's session sits
     idle in its transaction for the whole copy.
     """
-    settings = ["statement_timeout=0", "lock_timeout=0", "idle_in_transaction_session_timeout=0"]
-    # As pg_dump: a query that row-level security would filter fails instead of
-    # returning fewer rows (a no-op for roles that bypass it).
-    settings.append("row_security=off")
+    settings = [
+        "statement_timeout=0",
+        "lock_timeout=0",
+        "idle_in_transaction_session_timeout=0",
+        # As pg_dump: a query that row-level security would filter fails instead of
+        # returning fewer rows (a no-op for roles that bypass it).
+        "row_security=off",
+    ]
     if version_num >= 170_000:
         settings.append("transaction_timeout=0")
     return tuple(settings)
@@ -623,9 +627,9 @@ def split_setting(entry: str) -> tuple[str, list[str]]:
             items.append(match.group(1).replace('""', '"'))
             rest = rest[match.end() :]
         else:
-            item, _, tail = rest.partition(",")
+            item, comma, tail = rest.partition(",")
             items.append(item.strip())
-            rest = "," + tail if _ else ""
+            rest = comma + tail
         if not rest:
             return name, items
         if not rest.startswith(","):
