@@ -5,8 +5,9 @@ one consistent read-only snapshot; the copy is restored into a fresh database be
 staging's live one, verified against the source (rows per table, sequence values,
 object counts by kind, optionally per-table checksums), then swapped in by renames in
 one transaction. The previous copy stays as ``<database>_sync_old`` until the next
-successful run. Any failure or kill before the swap leaves staging as it was; the next
-run drops the leftovers. Sanitization is off by default (RFC 002: "no sanitization
+successful run. Any failure or kill before the swap leaves staging as it was: a failed
+run drops its new database at once (it may be as large as production's), a killed one
+leaves it to the next run. Sanitization is off by default (RFC 002: "no sanitization
 needed yet") and on with a rules file (``data/sanitize-rules.yaml``): values are masked
 in the stream, so an unmasked value never reaches staging.
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, cast
 from uuid import UUID
@@ -62,6 +64,7 @@ from rsolv_staging.sync import CONCURRENCY_LIMIT, Phase, SyncReport, report_mark
 from tasks.postgres import resolve_dsn
 from tasks.postgres.sync import (
     copy_database,
+    discard_new_copy,
     prepare_sync,
     resolve_sanitize_salt,
     swap_database,
@@ -132,23 +135,31 @@ def sync_staging_data(
                 description=f"Copying {plan.source} into {plan.target} ({plan.new})",
             ),
         )
-        result = copy_database(
-            source,
-            target,
-            production,
-            plan,
-            rules=rules,
-            salt=salt,
-            jobs=jobs,
-            checksums=checksums,
-            progress_artifact_id=progress,
-        )
-        verify_started = time.perf_counter()
-        verification = verify_copy(target, plan, result, jobs=jobs)
-        verify_seconds = time.perf_counter() - verify_started
-        swap_started = time.perf_counter()
-        rollback = swap_database(target, production, plan)
-        swap_seconds = time.perf_counter() - swap_started
+        try:
+            result = copy_database(
+                source,
+                target,
+                production,
+                plan,
+                rules=rules,
+                salt=salt,
+                jobs=jobs,
+                checksums=checksums,
+                progress_artifact_id=progress,
+            )
+            verify_started = time.perf_counter()
+            verification = verify_copy(target, plan, result, jobs=jobs)
+            verify_seconds = time.perf_counter() - verify_started
+            swap_started = time.perf_counter()
+            rollback = swap_database(target, production, plan)
+            swap_seconds = time.perf_counter() - swap_started
+        except Exception:
+            # Free staging's disk now (a copy that filled the volume must not keep the
+            # live database from writing); a killed run's leftovers go at the next run.
+            # The copy's error is the run's: a failed drop shows on its own task run.
+            with suppress(Exception):
+                discard_new_copy(target, production, plan)
+            raise
     phases = [
         *result.phases,
         Phase(name="verification", seconds=verify_seconds),

@@ -1465,18 +1465,17 @@ def test_errors_never_show_the_password(
     assert pg_staging.password not in str(excinfo.value)
 
 
-def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
+@pytest.fixture
+def flow_model(
     prefect_api: None,
     source: PostgresDatabase,
     pg_production: PostgresServer,
     pg_staging: PostgresServer,
-    live_name: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A whole run: staging replaced, a report artifact with phases, rows and the
-    verification, no password in it; while another sync holds the global concurrency
-    slot, a run with a short wait fails without writing anything."""
+) -> Path:
+    """An environment model naming the suite's production server, and the flow's two
+    DSN secrets (source, staging) in the environment."""
     model = tmp_path / "environments.yaml"
     model.write_text(
         yaml.safe_dump(
@@ -1485,6 +1484,16 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     )
     monkeypatch.setenv("RSOLV_SECRET_PRODUCTION_DATABASE_DSN", source.dsn)
     monkeypatch.setenv("RSOLV_SECRET_STAGING_DATABASE_ADMIN_DSN", pg_staging.dsn)
+    return model
+
+
+def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
+    flow_model: Path, pg_staging: PostgresServer, live_name: str
+) -> None:
+    """A whole run: staging replaced, a report artifact with phases, rows and the
+    verification, no password in it; while another sync holds the global concurrency
+    slot, a run with a short wait fails without writing anything."""
+    model = flow_model
     report = sync_staging_data(database=live_name, environments_file=model, checksums=True)
     assert report.verification.ok
     # 2000 + 5000 + 3000 + 5000 audit rows + 2 notes + 1 pinned note (counted once)
@@ -1507,3 +1516,27 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True), pytest.raises(TimeoutError):
         sync_staging_data(database=live_name, environments_file=model, wait_seconds=1)
     assert databases(pg_staging) == before
+
+
+def test_a_failed_run_drops_its_new_database_at_once_and_staging_keeps_serving(
+    flow_model: Path, source: PostgresDatabase, pg_staging: PostgresServer, live_name: str
+) -> None:
+    """A copy that fails after its new database holds rows (here an index production
+    built under a session setting staging's sessions lack) drops that database before
+    the run ends: a partial copy as large as production's must not keep staging's
+    volume full. The live database still serves the previous copy."""
+    sync_staging_data(database=live_name, environments_file=flow_model)
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO app.audit (what) SELECT 'x' FROM generate_series(1, 1000)")
+        conn.execute(
+            "CREATE FUNCTION app.shifted(bigint) RETURNS bigint IMMUTABLE LANGUAGE sql "
+            "AS $$ SELECT $1 + current_setting('app.shift')::bigint $$"
+        )
+        conn.execute("SET app.shift = '1'")
+        conn.execute("CREATE INDEX audit_shifted ON app.audit (app.shifted(id))")
+    new = f"{live_name}_sync_new"
+    with pytest.raises(DataError, match="audit_shifted|app.shift"):
+        sync_staging_data(database=live_name, environments_file=flow_model)
+    assert new not in databases(pg_staging)
+    assert f"{live_name}_sync_old" not in databases(pg_staging)  # no rollback copy yet
+    assert query(pg_staging.dsn_for(live_name), "SELECT count(*) FROM app.audit") == [(5000,)]

@@ -1897,6 +1897,25 @@ def swap_database(target_dsn: SecretStr, production: Database, plan: SyncPlan) -
     return names.old if live else None
 
 
+@task(cache_policy=NO_CACHE, task_run_name="discard_new_copy-{plan.new}")
+def discard_new_copy(target_dsn: SecretStr, production: Database, plan: SyncPlan) -> list[str]:
+    """Drop what a failed run wrote (``<live>_sync_new``), at once, not at the next run.
+
+    A partial copy can be as large as production's database and shares staging's
+    volume with the live one: a copy that failed because the volume filled up would
+    otherwise keep it full (and the live database unable to write) until next month's
+    run. Never touches the live database or the rollback copy.
+    """
+    dropped = drop_leftovers(target_dsn, production, plan.names)
+    if dropped:
+        _logger().warning(
+            "The sync failed: dropped %s; the live database %s is unchanged",
+            ", ".join(dropped),
+            plan.live,
+        )
+    return dropped
+
+
 @task(cache_policy=NO_CACHE, persist_result=False)
 def resolve_sanitize_salt(secret_name: str) -> SecretStr:
     """The key of the sanitization maskers, from its Secret block or environment variable.
@@ -1917,6 +1936,7 @@ __all__ = [
     "SyncPlan",
     "Target",
     "copy_database",
+    "discard_new_copy",
     "drop_leftovers",
     "find_tools",
     "prepare_sync",
