@@ -1535,7 +1535,7 @@ def test_a_failed_run_drops_its_new_database_at_once_and_staging_keeps_serving(
         conn.execute("SET app.shift = '1'")
         conn.execute("CREATE INDEX audit_shifted ON app.audit (app.shifted(id))")
     new = f"{live_name}_sync_new"
-    with pytest.raises(DataError, match="audit_shifted|app.shift"):
+    with pytest.raises(DataError, match=r"audit_shifted|app\.shift"):
         sync_staging_data(database=live_name, environments_file=flow_model)
     assert new not in databases(pg_staging)
     assert f"{live_name}_sync_old" not in databases(pg_staging)  # no rollback copy yet
