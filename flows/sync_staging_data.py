@@ -34,7 +34,8 @@ Blocks and variables it needs:
 
 What it leaves behind: a progress artifact ``staging-sync-progress`` and a markdown
 report ``staging-sync-report`` (sizes, rows, seconds and MB/s per phase, verification,
-what was masked, personal-looking columns without a rule).
+staging's databases by size and what they took at the peak of the copy, what was
+masked, personal-looking columns without a rule).
 
 How to run it:
     python -m flows.sync_staging_data
@@ -65,6 +66,7 @@ from tasks.postgres import resolve_dsn
 from tasks.postgres.sync import (
     copy_database,
     discard_new_copy,
+    measure_staging_disk,
     prepare_sync,
     resolve_sanitize_salt,
     swap_database,
@@ -160,6 +162,7 @@ def sync_staging_data(
             with suppress(Exception):
                 discard_new_copy(target, production, plan)
             raise
+        disk = measure_staging_disk(target, production, plan)
     phases = [
         *result.phases,
         Phase(name="verification", seconds=verify_seconds),
@@ -174,6 +177,7 @@ def sync_staging_data(
         phases=phases,
         seconds=time.perf_counter() - started,
         rollback_database=rollback,
+        disk=disk,
     )
     create_markdown_artifact(
         markdown=report_markdown(report),

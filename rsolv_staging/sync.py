@@ -774,6 +774,16 @@ class CopyResult(BaseModel):
     )
 
 
+class StagingDisk(BaseModel):
+    """Staging's databases by size after a sync, in bytes (those the sync's role may
+    connect to: all of them for a superuser)."""
+
+    live: int
+    rollback: int | None
+    total: int
+    peak: int = Field(description="All of them while the copy ran: the new copy included")
+
+
 class SyncReport(BaseModel):
     """The flow's return value and the body of its report artifact."""
 
@@ -785,6 +795,7 @@ class SyncReport(BaseModel):
     phases: list[Phase]
     seconds: float
     rollback_database: str | None
+    disk: StagingDisk | None = None
 
 
 def report_markdown(report: SyncReport) -> str:
@@ -821,6 +832,22 @@ def report_markdown(report: SyncReport) -> str:
         "| --- | ---: |",
         *(f"| {t} | {n} |" for t, n in sorted(copy.facts.rows.items())),
     ]
+    if report.disk is not None:
+        disk = report.disk
+        rollback = (
+            f"rollback copy `{report.rollback_database}` {disk.rollback / 1e6:,.0f} MB; "
+            if report.rollback_database and disk.rollback is not None
+            else ""
+        )
+        lines += [
+            "",
+            "## Staging's disk",
+            "",
+            f"Live `{report.database}` {disk.live / 1e6:,.0f} MB; {rollback}all of staging's "
+            f"databases {disk.total / 1e6:,.0f} MB. While this run copied they took up to "
+            f"{disk.peak / 1e6:,.0f} MB (the rollback copy, the live one and the new one): "
+            "staging's volume needs that much, and room for production's growth.",
+        ]
     lines += ["", "## Sanitization", ""]
     if copy.masked:
         lines += ["| column | strategy |", "| --- | --- |"]

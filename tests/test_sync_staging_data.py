@@ -1511,6 +1511,21 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     assert "## Not copied\n\n- ownership and grants" in markdown
     assert pg_staging.password not in markdown
     assert artifacts[PROGRESS_ARTIFACT_KEY].data == 100.0
+    # Staging's disk, as its server reports it: the live copy, no rollback copy yet.
+    size_of = "SELECT pg_database_size(%s)"
+    ((first_size,),) = query(pg_staging.dsn, size_of, live_name)
+    assert report.disk is not None
+    assert report.disk.rollback is None
+    assert abs(report.disk.live - first_size) <= first_size // 100
+    assert report.disk.peak >= report.disk.total > report.disk.live
+    assert f"Live `{live_name}` {report.disk.live / 1e6:,.0f} MB" in markdown
+
+    again = sync_staging_data(database=live_name, environments_file=model)
+    assert again.disk is not None
+    ((rollback_size,),) = query(pg_staging.dsn, size_of, f"{live_name}_sync_old")
+    assert abs(again.disk.live - first_size) <= first_size // 10  # the same rows again
+    assert again.disk.rollback == rollback_size
+    assert again.disk.peak >= again.disk.total >= again.disk.live + rollback_size
 
     before = databases(pg_staging)
     with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True), pytest.raises(TimeoutError):

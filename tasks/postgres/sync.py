@@ -67,6 +67,7 @@ from rsolv_staging.sync import (
     PostDataObject,
     PostDataQueue,
     SourceFacts,
+    StagingDisk,
     SyncNames,
     TocEntry,
     Verification,
@@ -280,6 +281,8 @@ class SyncPlan(BaseModel):
     target_version: int
     masked: dict[str, str]
     unmasked_personal: list[str]
+    source_bytes: int = 0
+    staging_bytes: int = 0  # staging's databases before the copy (leftovers dropped)
 
     @property
     def names(self) -> SyncNames:
@@ -396,6 +399,8 @@ def prepare_sync(
                     f"was copied ({_redact(str(exc).strip(), source_dsn)}): grant it SELECT "
                     "on them, or say large_objects: empty in the rules file"
                 ) from None
+        size_row = src.execute("SELECT pg_database_size(current_database())").fetchone()
+        source_bytes = int(size_row[0]) if size_row else 0
         src.rollback()
     with _admin(target_dsn, production) as dst:
         target_version = dst.info.server_version
@@ -478,6 +483,14 @@ def prepare_sync(
             "Columns that look personal and have no sanitize rule: %s", ", ".join(unmasked)
         )
     drop_leftovers(target_dsn, production, names)
+    with _admin(target_dsn, production) as dst:
+        staging_bytes = sum(_database_sizes(dst).values())
+    logger.info(
+        "Staging's databases take %.0f MB; this sync adds a copy of about %.0f MB (the "
+        "source's size) and frees the previous rollback copy once it succeeds",
+        staging_bytes / 1e6,
+        source_bytes / 1e6,
+    )
     tool_major = next(v for v, d in tools.items() if d == tool_dir)
     logger.info(
         "Sync %s (PostgreSQL %d) -> %s database %s (PostgreSQL %d) with %s tools from %s",
@@ -501,7 +514,21 @@ def prepare_sync(
         target_version=target_version,
         masked=masked,
         unmasked_personal=unmasked,
+        source_bytes=source_bytes,
+        staging_bytes=staging_bytes,
     )
+
+
+def _database_sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Staging's databases by size on disk: those the sync's role may connect to (all of
+    them for a superuser; pg_database_size refuses the others)."""
+    return {
+        str(name): int(size)
+        for name, size in conn.execute(
+            "SELECT datname, pg_database_size(oid) FROM pg_database"
+            " WHERE datallowconn AND has_database_privilege(oid, 'CONNECT')"
+        )
+    }
 
 
 def drop_leftovers(target_dsn: SecretStr, production: Database, names: SyncNames) -> list[str]:
@@ -1897,6 +1924,23 @@ def swap_database(target_dsn: SecretStr, production: Database, plan: SyncPlan) -
     return names.old if live else None
 
 
+@task(cache_policy=NO_CACHE, task_run_name="measure_staging_disk-{plan.live}")
+def measure_staging_disk(
+    target_dsn: SecretStr, production: Database, plan: SyncPlan
+) -> StagingDisk:
+    """Staging's databases after the swap, and what they took while the copy ran (the
+    rollback copy, the live one and the new one): what staging's volume must hold."""
+    with _admin(target_dsn, production) as conn:
+        sizes = _database_sizes(conn)
+    live = sizes.get(plan.live, 0)
+    return StagingDisk(
+        live=live,
+        rollback=sizes.get(plan.old),
+        total=sum(sizes.values()),
+        peak=plan.staging_bytes + live,
+    )
+
+
 @task(cache_policy=NO_CACHE, task_run_name="discard_new_copy-{plan.new}")
 def discard_new_copy(target_dsn: SecretStr, production: Database, plan: SyncPlan) -> list[str]:
     """Drop what a failed run wrote (``<live>_sync_new``), at once, not at the next run.
@@ -1939,6 +1983,7 @@ __all__ = [
     "discard_new_copy",
     "drop_leftovers",
     "find_tools",
+    "measure_staging_disk",
     "prepare_sync",
     "read_objects",
     "read_sequences",
