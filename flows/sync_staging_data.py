@@ -53,7 +53,7 @@ from typing import Annotated, cast
 from uuid import UUID
 
 import yaml
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.concurrency.sync import concurrency
 from pydantic import Field
@@ -162,7 +162,12 @@ def sync_staging_data(
             with suppress(Exception):
                 discard_new_copy(target, production, plan)
             raise
-        disk = measure_staging_disk(target, production, plan)
+        try:
+            disk = measure_staging_disk(target, production, plan)
+        except Exception as exc:
+            # Staging was replaced: a failed measurement only leaves the section out.
+            get_run_logger().warning("Staging's disk was not measured: %s", exc)
+            disk = None
     phases = [
         *result.phases,
         Phase(name="verification", seconds=verify_seconds),

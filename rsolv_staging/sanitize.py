@@ -130,6 +130,36 @@ def check_rules(
     return problems
 
 
+def inherit_rules(
+    rules: Rules, ancestors: Mapping[str, Sequence[str]], columns: Iterable[str]
+) -> Rules:
+    """``rules`` with the columns of inheritance children under their ancestors' rules.
+
+    A rule names a table's column; a table that ``INHERITS`` from it is copied on its own
+    (a table's COPY never holds a child's rows), so its rows would arrive unmasked, and
+    ``SELECT ... FROM parent`` on staging would show them. A child's column takes the
+    rule of its nearest ancestor's column of the same name, unless it has its own.
+
+    Args:
+        rules: The parsed rules.
+        ancestors: ``schema.table`` -> its inheritance ancestors, nearest first.
+        columns: ``schema.table.column`` of every copied column.
+    """
+    inherited: dict[str, Rule] = {}
+    for column in columns:
+        if column in rules.columns:
+            continue
+        table, name = column.rsplit(".", 1)
+        for parent in ancestors.get(table, ()):
+            rule = rules.columns.get(f"{parent}.{name}")
+            if rule is not None:
+                inherited[column] = rule
+                break
+    if not inherited:
+        return rules
+    return rules.model_copy(update={"columns": {**rules.columns, **inherited}})
+
+
 class MaskShape(BaseModel):
     """How every column under one strategy and provider is masked: alike, so a value and
     its foreign keys (and joins across tables) still match."""

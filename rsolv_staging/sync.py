@@ -90,7 +90,7 @@ def major_of(version_num: int) -> int:
 
 def session_settings(version_num: int) -> tuple[str, ...]:
     """``name=value`` settings of every sync session on a server of ``version_num``
-    (``row_security=off`` and no timeouts).
+    (``row_security=off``, no timeouts, and a check that the client is still there).
 
     No timeout of the server's, the database's or the role's may cut a long copy short
     (``pg_dump`` and ``pg_restore`` set the same): production databases often carry a
@@ -105,6 +105,12 @@ def session_settings(version_num: int) -> tuple[str, ...]:
         # returning fewer rows (a no-op for roles that bypass it).
         "row_security=off",
     ]
+    if version_num >= 140_000:
+        # A backend notices a client that died (a killed worker, with its psql and
+        # pg_restore) only when it next talks to it: an index build would run on to its
+        # end. With the socket checked every second it ends soon after (0.1 s for a
+        # one-statement session, measured; up to 11 s for psql's several -c).
+        settings.append("client_connection_check_interval=1000")
     if version_num >= 170_000:
         settings.append("transaction_timeout=0")
     return tuple(settings)

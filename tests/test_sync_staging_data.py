@@ -1253,6 +1253,61 @@ def test_a_copy_killed_during_restore_leaves_staging_serving_old_data(
     assert new not in databases(pg_staging)
 
 
+# An index production built under a session setting that staging's sessions lack: its
+# build fails on staging, after its table's rows are in.
+FAILING_INDEX_SQL = """
+CREATE FUNCTION app.shifted(bigint) RETURNS bigint IMMUTABLE LANGUAGE sql
+  AS $$ SELECT $1 + current_setting('app.shift')::bigint $$;
+SET app.shift = '1';
+CREATE INDEX audit_shifted ON app.audit (app.shifted(id));
+"""
+
+
+def test_a_failure_stops_the_loads_still_running(
+    source: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """A build that fails while another table is still loading ends the copy at once: the
+    running load is killed (its rows never commit, it no longer reads production) instead
+    of the copy failing only when it would have finished."""
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        # The largest table, so it loads first; on staging each row's check sleeps.
+        conn.execute(
+            "CREATE FUNCTION app.crawl(integer) RETURNS boolean LANGUAGE sql AS $$ SELECT "
+            "CASE WHEN current_database() LIKE '%\\_sync\\_new' "
+            "THEN pg_sleep(0.0005) IS NOT NULL ELSE true END $$"
+        )
+        conn.execute(
+            "CREATE TABLE app.crawling (id integer PRIMARY KEY CHECK (app.crawl(id)), pad text)"
+        )
+        conn.execute(
+            "INSERT INTO app.crawling SELECT g, repeat(md5(g::text), 4) "
+            "FROM generate_series(1, 20000) g"
+        )
+        conn.execute(FAILING_INDEX_SQL)
+    src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
+    plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+    started = time.monotonic()
+    with pytest.raises(DataError, match="audit_shifted"):
+        copy_database.fn(src, dst, production_model, plan)
+    elapsed = time.monotonic() - started
+    # Loading 20000 rows at 0.5 ms each takes over 10 s.
+    assert elapsed < 8, f"the copy failed only after {elapsed:.1f} s"
+    # Staging's backends of the copy ended with it (the load's would sleep on, holding
+    # its table's lock, though its psql is gone).
+    busy = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+    assert query(pg_staging.dsn, busy, plan.new) == [(0,)]
+    assert query(pg_staging.dsn_for(plan.new), "SELECT count(*) FROM app.crawling") == [(0,)]
+    readers = query(
+        source.dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()",
+    )
+    assert readers == [(0,)]
+
+
 def test_production_data_and_statistics_are_unchanged_by_a_sync(
     source: PostgresDatabase,
     pg_staging: PostgresServer,
@@ -1335,6 +1390,8 @@ RULES = {
         "app.accounts.api_token": "hash",
         "app.accounts.phone": "null",
         "app.events.payload": {"fixed": "redacted"},
+        # app.pinned_notes inherits the column, and the rule (its rows are copied apart).
+        "app.notes.body": {"fixed": "(note)"},
     }
 }
 
@@ -1386,6 +1443,8 @@ def test_with_sanitization_no_source_email_name_or_token_reaches_staging(
         "SELECT count(*) FROM app.orders o JOIN app.accounts a ON a.email = o.owner_email",
     ) == [(5000,)]
     assert query(live_dsn, "SELECT DISTINCT payload FROM app.events") == [("redacted",)]
+    assert query(live_dsn, "SELECT DISTINCT body FROM app.notes") == [("(note)",)]
+    assert result.masked["app.pinned_notes.body"] == "fixed"
     # Dates and times of the masked tables are the source's.
     moments = (
         "SELECT (SELECT sum(extract(epoch FROM created_at)) FROM app.accounts),"
@@ -1543,12 +1602,7 @@ def test_a_failed_run_drops_its_new_database_at_once_and_staging_keeps_serving(
     sync_staging_data(database=live_name, environments_file=flow_model)
     with psycopg.connect(source.dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO app.audit (what) SELECT 'x' FROM generate_series(1, 1000)")
-        conn.execute(
-            "CREATE FUNCTION app.shifted(bigint) RETURNS bigint IMMUTABLE LANGUAGE sql "
-            "AS $$ SELECT $1 + current_setting('app.shift')::bigint $$"
-        )
-        conn.execute("SET app.shift = '1'")
-        conn.execute("CREATE INDEX audit_shifted ON app.audit (app.shifted(id))")
+        conn.execute(FAILING_INDEX_SQL)
     new = f"{live_name}_sync_new"
     with pytest.raises(DataError, match=r"audit_shifted|app\.shift"):
         sync_staging_data(database=live_name, environments_file=flow_model)

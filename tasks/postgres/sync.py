@@ -54,6 +54,7 @@ from rsolv_staging.sanitize import (
     MaskShape,
     Rules,
     check_rules,
+    inherit_rules,
     mask_shapes,
     personal_columns,
 )
@@ -105,6 +106,30 @@ _USER_NAMESPACES = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') "
     "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
 )
+
+
+# Each table's inheritance ancestors (INHERITS, not partitions: a partition's rules are
+# its root's already), nearest first.
+_ANCESTORS = """
+WITH RECURSIVE up(child, parent, depth, seq) AS (
+  SELECT i.inhrelid, i.inhparent, 1, i.inhseqno
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+  WHERE NOT c.relispartition
+  UNION ALL
+  SELECT up.child, i.inhparent, up.depth + 1, i.inhseqno
+  FROM up JOIN pg_inherits i ON i.inhrelid = up.parent
+)
+SELECT cn.nspname || '.' || c.relname,
+       array_agg(pn.nspname || '.' || p.relname ORDER BY up.depth, up.seq)
+FROM up
+JOIN pg_class c ON c.oid = up.child JOIN pg_namespace cn ON cn.oid = c.relnamespace
+JOIN pg_class p ON p.oid = up.parent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+GROUP BY 1
+"""
+
+
+def _ancestors(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    return {str(child): [str(p) for p in parents] for child, parents in conn.execute(_ANCESTORS)}
 
 
 def _not_extension_member(catalog: str, column: str) -> str:
@@ -210,14 +235,56 @@ def _tool_env(dsn: SecretStr) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **params), env
 
 
-def _run_tool(command: list[str], env: dict[str, str], dsn: SecretStr, what: str) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-        detail = _redact(result.stderr.strip()[-2000:], dsn)
+class _Children:
+    """The client tools a copy runs at once. On the copy's first failure they are killed:
+    the copy then fails now, not when the slowest of them would have finished (a big
+    table's load, still reading production), and its new database can be dropped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopped = False
+
+    def start(self, command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._stopped:
+                raise DataError("the copy is stopping: not starting " + Path(command[0]).name)
+            process = subprocess.Popen(command, **options)
+            self._running.add(process)
+            return process
+
+    def finished(self, *processes: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.difference_update(processes)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for process in self._running:
+                with suppress(OSError):
+                    process.kill()
+
+
+def _run_tool(
+    command: list[str],
+    env: dict[str, str],
+    dsn: SecretStr,
+    what: str,
+    children: _Children | None = None,
+) -> str:
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "env": env}
+    process = (children.start if children else subprocess.Popen)(command, **options)
+    try:
+        out, err = process.communicate()
+    finally:
+        if children:
+            children.finished(process)
+    if process.returncode != 0:
+        detail = _redact(err.decode(errors="replace").strip()[-2000:], dsn)
         raise DataError(
-            f"{what} failed ({Path(command[0]).name} exit {result.returncode}): {detail}"
+            f"{what} failed ({Path(command[0]).name} exit {process.returncode}): {detail}"
         )
-    return result.stdout
+    return out.decode()
 
 
 def find_tools() -> dict[int, str]:
@@ -376,6 +443,7 @@ def prepare_sync(
         }
         columns = {str(r[0]): (str(r[1]), bool(r[2])) for r in src.execute(_COLUMNS)}
         policy_roles = {str(r[0]) for r in src.execute(_POLICY_ROLES)}
+        ancestors = _ancestors(src)
         hidden = [str(r[0]) for r in src.execute(_HIDDEN_ROWS)]
         forced = [str(r[0]) for r in src.execute(_FORCED_ROW_SECURITY)]
         if hidden:
@@ -467,6 +535,7 @@ def prepare_sync(
             raise ConfigurationError(
                 "sanitize rules do not match the source, nothing was copied: " + "; ".join(problems)
             )
+        rules = inherit_rules(rules, ancestors, columns)
         masked = {
             c: r.strategy if r.strategy != "fake" else f"fake:{r.provider}"
             for c, r in rules.columns.items()
@@ -482,7 +551,9 @@ def prepare_sync(
         logger.warning(
             "Columns that look personal and have no sanitize rule: %s", ", ".join(unmasked)
         )
-    drop_leftovers(target_dsn, production, names)
+    leftovers = drop_leftovers(target_dsn, production, names)
+    if leftovers:
+        logger.info("Dropped leftovers of an earlier run: %s", ", ".join(leftovers))
     with _admin(target_dsn, production) as dst:
         staging_bytes = sum(_database_sizes(dst).values())
     logger.info(
@@ -542,8 +613,6 @@ def drop_leftovers(target_dsn: SecretStr, production: Database, names: SyncNames
             if exists:
                 conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
                 dropped.append(name)
-    if dropped:
-        _logger().info("Dropped leftovers of an earlier run: %s", ", ".join(dropped))
     return dropped
 
 
@@ -1052,6 +1121,7 @@ def _pipe_table(
     table: _Table,
     snapshot: str,
     ends: _PipeEnds,
+    children: _Children,
     masking: tuple[list[str], LineMasker] | None = None,
 ) -> tuple[int, int]:
     """Copy one table's rows between two psql processes; returns the rows the source
@@ -1088,7 +1158,7 @@ def _pipe_table(
             "extra_float_digits=3",
         )
         src_info, dst_info = _with_settings(src_info, *same), _with_settings(dst_info, *same)
-    reader = subprocess.Popen(
+    reader = children.start(
         [
             *psql,
             "-o",
@@ -1106,28 +1176,34 @@ def _pipe_table(
         stderr=subprocess.PIPE,
         env=src_env,
     )
-    writer = subprocess.Popen(
-        [
-            *psql,
-            "-c",
-            "SET synchronous_commit = off",
-            "-c",
-            "BEGIN",
-            # FREEZE needs the table emptied in the same transaction; it is empty anyway.
-            "-c",
-            sql.SQL("TRUNCATE ONLY {}").format(table.ident).as_string(src),
-            "-c",
-            into.as_string(src),
-            "-c",
-            "COMMIT",
-            "-d",
-            dst_info,
-        ],
-        stdin=subprocess.PIPE if masker is not None else reader.stdout,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dst_env,
-    )
+    try:
+        writer = children.start(
+            [
+                *psql,
+                "-c",
+                "SET synchronous_commit = off",
+                "-c",
+                "BEGIN",
+                # FREEZE needs the table emptied in the same transaction; it is empty anyway.
+                "-c",
+                sql.SQL("TRUNCATE ONLY {}").format(table.ident).as_string(src),
+                "-c",
+                into.as_string(src),
+                "-c",
+                "COMMIT",
+                "-d",
+                dst_info,
+            ],
+            stdin=subprocess.PIPE if masker is not None else reader.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dst_env,
+        )
+    except BaseException:
+        reader.kill()  # not left holding its snapshot on production
+        reader.wait()
+        children.finished(reader)
+        raise
     assert reader.stdout is not None
     _widen(reader.stdout)
     if masker is None:
@@ -1159,7 +1235,9 @@ def _pipe_table(
     assert writer.stderr is not None
     writer_out, writer_err = writer.stdout.read(), writer.stderr.read()  # a few lines each
     writer.wait()
-    if reader.wait() != 0 or writer.returncode != 0:
+    reader.wait()
+    children.finished(reader, writer)
+    if reader.returncode != 0 or writer.returncode != 0:
         detail = (
             # Without the reader's command tags (-o /dev/stderr): only what went wrong.
             _redact(_TAG_LINES.sub("", reader_err).strip(), src_dsn)
@@ -1313,6 +1391,10 @@ def copy_database(
         create_options = create_database_options(database, plan.target_version)
         total_bytes = sum(t.bytes for t in tables)
         if rules is not None:
+            # Read under the snapshot: a child table created since prepare_sync is masked.
+            rules = inherit_rules(
+                rules, _ancestors(snap), (f"{t.root}.{c}" for t in tables for c in t.columns)
+            )
             shapes, problems = mask_shapes(
                 rules,
                 (
@@ -1474,12 +1556,15 @@ def copy_database(
         small = index_cost(8 << 20, "btree")
         built: list[str] = []
         builds = 0
+        children = _Children()
 
         maskings = {t.key: _masker_for(t, rules, factory, shapes) for t in tables}
         masked = {key for key, masking in maskings.items() if masking is not None}
 
         def load(src: psycopg.Connection[Any], table: _Table) -> tuple[int, int]:
-            return _pipe_table(bindir, src, table, snapshot, pipe_ends, maskings[table.key])
+            return _pipe_table(
+                bindir, src, table, snapshot, pipe_ends, children, maskings[table.key]
+            )
 
         def take_next() -> _Table:
             busy = any(kind == "load" and item[1].key in masked for kind, item in running.values())
@@ -1499,6 +1584,7 @@ def copy_database(
                 new_env,
                 new_dsn,
                 "building " + ", ".join(_toc_name(e) for e in job.entries)[:300],
+                children,
             )
 
         # Source sessions of the load slots: they quote the COPY statements and hold the
@@ -1551,11 +1637,18 @@ def copy_database(
                         copied += _bytes_in_flight(monitor, names.new)
                         percent = round(min(99.0, 100.0 * copied / total_bytes), 1)
                         if percent != last_progress:
-                            update_progress_artifact(progress_artifact_id, percent)
+                            _progress(progress_artifact_id, percent)
                             last_progress = percent
             except BaseException:
                 for future in running:
                     future.cancel()
+                # The others would run to their end (a big table's load, still reading
+                # production) before the pool lets the failure through. Their backends
+                # on staging would too (an index build does not notice its client is
+                # gone): ended with them, so the new database is free to drop.
+                children.kill_all()
+                with suppress(psycopg.Error):
+                    _terminate(monitor, names.new)
                 raise
         phase(
             "rows (parallel binary COPY; indexes, keys, foreign keys, ANALYZE of loaded tables)",
@@ -1631,7 +1724,7 @@ def copy_database(
             phase("source checksums", started, total_bytes)
         snap.rollback()
     if progress_artifact_id is not None:
-        update_progress_artifact(progress_artifact_id, 100.0)
+        _progress(progress_artifact_id, 100.0)
     return CopyResult(
         source=plan.source,
         target=f"{plan.target} -> {names.new}",
@@ -1651,6 +1744,15 @@ def copy_database(
         unmasked_personal=plan.unmasked_personal,
         left_out=left_out,
     )
+
+
+def _progress(artifact_id: UUID, percent: float) -> None:
+    """Update the progress artifact; a Prefect API that is down for longer than its
+    client's retries must not end a copy that has run for hours."""
+    try:
+        update_progress_artifact(artifact_id, percent)
+    except Exception as exc:
+        _logger().warning("Progress not updated (%.0f%%): %s", percent, type(exc).__name__)
 
 
 def _pause_autovacuum(conn: psycopg.Connection[Any], table: _Table, *, paused: bool) -> None:
@@ -1912,9 +2014,17 @@ def swap_database(target_dsn: SecretStr, production: Database, plan: SyncPlan) -
                 raise _error(
                     f"swapping {names.live} failed, it is unchanged", exc, target_dsn
                 ) from None
-        if _exists(conn, names.gone):
-            conn.execute(
-                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(names.gone))
+        try:
+            if _exists(conn, names.gone):
+                conn.execute(
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(names.gone))
+                )
+        except psycopg.Error as exc:
+            # The swap has committed: the run succeeded, and the next run drops it.
+            logger.warning(
+                "%s (the copy before the rollback one) stays until the next run: %s",
+                names.gone,
+                _redact(str(exc).strip(), target_dsn),
             )
     logger.info(
         "Staging database %s replaced; previous copy kept as %s",
