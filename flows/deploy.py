@@ -26,6 +26,13 @@ Parameters:
     rollout_deadline_seconds: how long a rollout may take before it is rolled back.
     run_smoke_tests / smoke_checks_file: the smoke tests after the rollout.
     manifests_dir: another kustomize tree laid out like ``deployments/``.
+    approved_objects / approved_deletions: production only, from the promotion: the
+        digest of the manifests the approver saw (others are refused before any write)
+        and the deletions listed to them (nothing else is pruned).
+
+A wrong smoke checks file is refused before the first write. A prune that fails after
+a good rollout leaves the deploy standing, and its record says so; a rollback that
+fails is recorded and notified as ``failed``.
 
 Run it: ``python -m flows.deploy --image rsolv-api=ghcr.io/...@sha256:...``, or the
 ``deploy/deploy-staging`` deployment (CI triggers it through the Prefect API).
@@ -48,12 +55,14 @@ from rsolv_staging.deployments import (
     DeployFailed,
     DeploymentRecord,
     live_image,
+    objects_fingerprint,
     resolve_images,
 )
 from rsolv_staging.exceptions import GuardError, SmokeTestFailed
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.settings import load_settings, load_topology
+from rsolv_staging.smoke import default_checks_file, load_checks, render_checks
 from tasks.kube import (
     ObjectChange,
     RolloutResult,
@@ -102,6 +111,8 @@ def deploy(
     approval_id: str | None = None,
     environments_file: str | None = None,
     manifests_dir: str | None = None,
+    approved_objects: str | None = None,
+    approved_deletions: list[str] | None = None,
 ) -> DeployReport:
     """Deploy exact image digests to an environment, or leave it as it was."""
     started = datetime.now(UTC)
@@ -119,7 +130,21 @@ def deploy(
         current = get_run_context().flow_run  # type: ignore[union-attr]
         parent = current.parent_task_run_id if current else None
         verify_approval(approval_id, parent_task_run_id=str(parent) if parent else None)
+        if approved_objects is None or approved_deletions is None:
+            raise GuardError(
+                "production is deployed only with the manifests and deletions its approver "
+                "saw; nothing was applied"
+            )
     cluster = target.cluster
+    if run_smoke_tests:
+        # A missing or wrong checks file is found now, not after the rollout (which it
+        # would roll back for nothing).
+        render_checks(
+            load_checks(
+                Path(smoke_checks_file) if smoke_checks_file else default_checks_file(environment)
+            ),
+            target,
+        )
 
     stubs = {app: _deployment_stub(app, target.namespace) for app in target.apps}
     running = retrying(read_objects, settings)(
@@ -131,6 +156,11 @@ def deploy(
     root = Path(manifests_dir) if manifests_dir else DEPLOYMENTS
     objects = render_overlay(environment, images=refs, root=root)
     ensure_confined(objects, target, other)
+    if approved_objects is not None and objects_fingerprint(objects) != approved_objects:
+        raise GuardError(
+            f"the manifests rendered for {environment} are not the ones approved (the "
+            "manifests or the environment model changed since); nothing was applied"
+        )
 
     before = retrying(read_objects, settings)(objects, cluster=cluster, settings=settings)
     changes: list[ObjectChange] = []
@@ -157,7 +187,10 @@ def deploy(
                 tested = {app: str(ref) for app, ref in refs.items()}
                 run_coro_as_sync(
                     smoke_test(
-                        environment=environment, checks_file=smoke_checks_file, images=tested
+                        environment=environment,
+                        checks_file=smoke_checks_file,
+                        images=tested,
+                        environments_file=environments_file,
                     )
                 )
             except SmokeTestFailed as exc:
@@ -170,39 +203,51 @@ def deploy(
 
     rollback: list[str] = []
     pruned: list[str] = []
+    note = ""
     if reason:
         logger.error("deploy to %s failed, rolling back: %s", environment, reason)
         touched = [c.key for c in changes if c.action != "unchanged"]
         by_key = {object_key(o): o for o in objects}
-        rollback = retrying(restore_objects, settings)(
-            before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
-        )
-        restored = [
-            wait_for_rollout(
-                app,
+        result: Literal["succeeded", "rolled back", "failed"] = "failed"
+        try:
+            rollback = retrying(restore_objects, settings)(
+                before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
+            )
+            restored = [
+                wait_for_rollout(
+                    app,
+                    namespace=target.namespace,
+                    deadline_seconds=rollout_deadline_seconds,
+                    cluster=cluster,
+                    settings=settings,
+                )
+                for app in target.apps
+                if before.get(object_key(stubs[app])) is not None
+                and object_key(stubs[app]) in touched
+            ]
+            if all(r.ready for r in restored):
+                result = "rolled back"
+            else:
+                reason += "; the rollback did not become ready either: " + "; ".join(
+                    _describe(r) for r in restored if not r.ready
+                )
+        except Exception as exc:
+            # Still recorded and notified below: the environment is half rolled back.
+            reason += f"; the rollback itself failed ({type(exc).__name__}: {exc})"
+    else:
+        result = "succeeded"
+        try:
+            pruned = retrying(prune_objects, settings)(
+                [object_key(o) for o in objects],
                 namespace=target.namespace,
-                deadline_seconds=rollout_deadline_seconds,
                 cluster=cluster,
                 settings=settings,
+                only=approved_deletions,
             )
-            for app in target.apps
-            if before.get(object_key(stubs[app])) is not None and object_key(stubs[app]) in touched
-        ]
-        result: Literal["succeeded", "rolled back", "failed"] = (
-            "rolled back" if all(r.ready for r in restored) else "failed"
-        )
-        if result == "failed":
-            reason += "; the rollback did not become ready either: " + "; ".join(
-                _describe(r) for r in restored if not r.ready
-            )
-    else:
-        pruned = prune_objects(
-            [object_key(o) for o in objects],
-            namespace=target.namespace,
-            cluster=cluster,
-            settings=settings,
-        )
-        result = "succeeded"
+        except Exception as exc:
+            # The new digests are live and tested: the deploy stands, and says so.
+            note = f"pruning failed, the next deploy prunes again ({type(exc).__name__}: {exc})"
+            logger.warning("deploy to %s: %s", environment, note)
 
     finished = datetime.now(UTC)
     records = [
@@ -215,7 +260,7 @@ def deploy(
             started=started,
             finished=finished,
             result=result,
-            reason=reason,
+            reason=reason or note,
         )
         for app in target.apps
     ]
@@ -225,7 +270,7 @@ def deploy(
         description=f"Deployment to {environment}: {result}",
     )
     summary = ", ".join(f"{r.app} {refs[r.app].short}" for r in records)
-    notify(f"{environment}: deploy {result}", f"{summary} ({trigger}). {reason}".strip())
+    notify(f"{environment}: deploy {result}", f"{summary} ({trigger}). {reason or note}".strip())
     report = DeployReport(
         environment=environment,
         result=result,
@@ -233,7 +278,7 @@ def deploy(
         changes=changes,
         pruned=pruned,
         rollback=rollback,
-        reason=reason,
+        reason=reason or note,
     )
     if reason:
         undone = ", ".join(rollback) or "nothing"

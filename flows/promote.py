@@ -54,7 +54,7 @@ from prefect.states import Completed
 from pydantic import BaseModel
 
 from flows.deploy import DeployReport, deploy
-from rsolv_staging.deployments import DeployFailed, resolve_images
+from rsolv_staging.deployments import DeployFailed, objects_fingerprint, resolve_images
 from rsolv_staging.exceptions import ConfigurationError, GuardError, StagingError
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.promotion import (
@@ -68,7 +68,15 @@ from rsolv_staging.promotion import (
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.reports import change_report
 from rsolv_staging.settings import REPO_ROOT, load_settings, load_topology
-from tasks.kube import diff_objects, preview_apply, read_objects, retrying, rollout_verdict
+from rsolv_staging.smoke import default_checks_file, load_checks, render_checks
+from tasks.kube import (
+    diff_objects,
+    preview_apply,
+    preview_prune,
+    read_objects,
+    retrying,
+    rollout_verdict,
+)
 from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
 from tasks.prefect_api import (
@@ -118,6 +126,14 @@ def promote_to_production(
     settings = load_settings()
     topology = load_topology(Path(environments_file) if environments_file else None)
     staging, production = topology.staging, topology.production
+    # Production's smoke checks are read now: a wrong file found only after the approval
+    # would roll production out and back for nothing.
+    render_checks(
+        load_checks(
+            Path(smoke_checks_file) if smoke_checks_file else default_checks_file(production.name)
+        ),
+        production,
+    )
 
     # 1. Freeze windows and who may decide: refused before anything is read or asked.
     # The calendar is the operator's (a setting), never the requester's (a parameter).
@@ -165,11 +181,23 @@ def promote_to_production(
     changes = retrying(preview_apply, settings)(
         objects, before, cluster=production.cluster, settings=settings
     )
-    diff = change_report(
-        "Production changes",
-        changes,
-        dry_run=True,
-        context=production.cluster.kube_context or "current context",
+    # Deletions too: the objects the deploy would prune once the rollout is healthy.
+    deletions = retrying(preview_prune, settings)(
+        [object_key(o) for o in objects],
+        namespace=production.namespace,
+        cluster=production.cluster,
+        settings=settings,
+    )
+    diff = (
+        change_report(
+            "Production changes",
+            changes,
+            dry_run=True,
+            context=production.cluster.kube_context or "current context",
+        )
+        + "\n## Deleted once the rollout is healthy\n\n"
+        + ("\n".join(f"- `{key}`" for key in deletions) or "Nothing.")
+        + "\n"
     )
     overrides = {
         k: v
@@ -262,31 +290,54 @@ def promote_to_production(
     # (Prefect frees a deployment's slot while a run is paused), so the apply itself holds
     # a global lock, and what the approver saw must still be what production is.
     ensure_concurrency_limit(PRODUCTION_LOCK)
-    with concurrency(PRODUCTION_LOCK, occupy=1, timeout_seconds=rollout_deadline_seconds * 4):
-        now = retrying(read_objects, settings)(
-            objects, cluster=production.cluster, settings=settings
-        )
-        drifted = [k for k in now if _differs(before.get(k), now[k])]
-        if drifted:
-            record.decision = "refused"
-            record.outcome = (
-                "production untouched: it changed after the diff was shown ("
-                + ", ".join(drifted)
-                + "); request the promotion again"
+    held = False
+    try:
+        # strict: a missing limit is an error, not an open door; a lease renewal that
+        # fails mid-deploy must not stop it halfway (the apply is already under way).
+        with concurrency(
+            PRODUCTION_LOCK,
+            occupy=1,
+            timeout_seconds=rollout_deadline_seconds * 4,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ):
+            held = True
+            now = retrying(read_objects, settings)(
+                objects, cluster=production.cluster, settings=settings
             )
-            record_audit(record)
-            raise PromotionRefused(record.outcome)
-        return _deploy_approved(
-            record,
-            requester=requester,
-            change_ref=change_ref,
-            approver=decision.approver,
-            run_id=run_id,
-            rollout_deadline_seconds=rollout_deadline_seconds,
-            smoke_checks_file=smoke_checks_file,
-            environments_file=environments_file,
-            manifests_dir=manifests_dir,
+            drifted = [k for k in now if _differs(before.get(k), now[k])]
+            if drifted:
+                record.decision = "refused"
+                record.outcome = (
+                    "production untouched: it changed after the diff was shown ("
+                    + ", ".join(drifted)
+                    + "); request the promotion again"
+                )
+                record_audit(record)
+                raise PromotionRefused(record.outcome)
+            return _deploy_approved(
+                record,
+                requester=requester,
+                change_ref=change_ref,
+                approver=decision.approver,
+                run_id=run_id,
+                rollout_deadline_seconds=rollout_deadline_seconds,
+                smoke_checks_file=smoke_checks_file,
+                environments_file=environments_file,
+                manifests_dir=manifests_dir,
+                approved_objects=objects_fingerprint(objects),
+                approved_deletions=deletions,
+            )
+    except TimeoutError:
+        if held:
+            raise
+        record.decision = "refused"
+        record.outcome = (
+            "production untouched: another production change held the lock for "
+            f"{rollout_deadline_seconds * 4:.0f}s; request the promotion again"
         )
+        record_audit(record)
+        raise PromotionRefused(record.outcome) from None
 
 
 def _differs(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
@@ -306,6 +357,8 @@ def _deploy_approved(
     smoke_checks_file: str | None,
     environments_file: str | None,
     manifests_dir: str | None,
+    approved_objects: str,
+    approved_deletions: list[str],
 ) -> PromotionReport:
     """Deploy the approved digests to production as this run's subflow, and audit it."""
     try:
@@ -318,7 +371,14 @@ def _deploy_approved(
             approval_id=run_id,
             environments_file=environments_file,
             manifests_dir=manifests_dir,
+            approved_objects=approved_objects,
+            approved_deletions=approved_deletions,
         )
+    except GuardError as exc:
+        # Refused before its first write (the manifests changed since the approval).
+        record.decision, record.outcome = "refused", f"production untouched: {exc}"
+        record_audit(record)
+        raise
     except DeployFailed as exc:
         record.outcome = f"deploy failed: {exc}"
         record_audit(record)

@@ -7,7 +7,9 @@ Prefect UI shows each environment's history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -48,6 +50,12 @@ class DeploymentRecord(BaseModel):
             "result": self.result,
             "reason": self.reason or "-",
         }
+
+
+def objects_fingerprint(objects: Sequence[Mapping[str, Any]]) -> str:
+    """A digest of rendered manifests: what an approver saw is what gets applied."""
+    canonical = json.dumps(list(objects), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def live_image(deployment: Mapping[str, Any] | None) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -611,23 +611,48 @@ def _delete(dyn: DynamicClient, obj: Mapping[str, Any], settings: Settings) -> N
 
 
 @task(name="prune-objects", cache_policy=NO_CACHE, task_run_name="prune-{namespace}")
-def prune_objects(
-    keep: Sequence[str], *, namespace: str, cluster: Cluster, settings: Settings
-) -> list[str]:
-    """Delete the apps' objects (by label) that the rendered manifests no longer contain.
-
-    Only kinds the kustomize tree produces, only objects carrying both the ``part-of``
-    and ``managed-by`` labels, only in ``namespace``: provisioning's objects are never
-    candidates.
-    """
-    dyn = connect(cluster, settings)
-    pruned = []
+def _prunable(
+    dyn: Any, keep: Sequence[str], namespace: str, settings: Settings
+) -> list[dict[str, Any]]:
+    found = []
     for api_version, kind in PRUNABLE_KINDS:
         stub = {"apiVersion": api_version, "kind": kind}
         listed = _list(dyn, stub, namespace, WORKLOAD_LABELS, settings)
         for item in listed.get("items", []):
             obj = {**stub, "metadata": {"name": item["metadata"]["name"], "namespace": namespace}}
             if object_key(obj) not in keep:
-                _delete(dyn, obj, settings)
-                pruned.append(object_key(obj))
+                found.append(obj)
+    return found
+
+
+@task(name="preview-prune", cache_policy=NO_CACHE)
+def preview_prune(
+    keep: Sequence[str], *, namespace: str, cluster: Cluster, settings: Settings
+) -> list[str]:
+    """What :func:`prune_objects` would delete now (reads only)."""
+    return [object_key(o) for o in _prunable(connect(cluster, settings), keep, namespace, settings)]
+
+
+@task(name="prune-objects", cache_policy=NO_CACHE)
+def prune_objects(
+    keep: Sequence[str],
+    *,
+    namespace: str,
+    cluster: Cluster,
+    settings: Settings,
+    only: Collection[str] | None = None,
+) -> list[str]:
+    """Delete the apps' objects (by label) that the rendered manifests no longer contain.
+
+    Only kinds the kustomize tree produces, only objects carrying both the ``part-of``
+    and ``managed-by`` labels, only in ``namespace``: provisioning's objects are never
+    candidates. With ``only`` (the deletions an approver saw), nothing else is deleted.
+    """
+    dyn = connect(cluster, settings)
+    pruned = []
+    for obj in _prunable(dyn, keep, namespace, settings):
+        if only is not None and object_key(obj) not in only:
+            continue
+        _delete(dyn, obj, settings)
+        pruned.append(object_key(obj))
     return pruned

@@ -235,6 +235,45 @@ def test_objects_no_longer_rendered_are_pruned(
     assert staging.get("v1", "ConfigMap", "kept", "staging") is not None
 
 
+def test_a_wrong_smoke_checks_file_is_refused_before_any_write(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """A missing checks file, or production's, stops the deploy before it applies: found
+    after the rollout, it would roll a good deploy back."""
+    staging.clear_log()
+    with pytest.raises(ConfigurationError, match="cannot read checks file"):
+        deploy(images=images(GOOD), smoke_checks_file=str(tmp_path / "missing.yaml"))
+    production_checks = checks_file(tmp_path, app_server, "production")
+    with pytest.raises(ConfigurationError, match="not 'staging'"):
+        deploy(images=images(GOOD), smoke_checks_file=production_checks)
+    assert staging.writes() == []
+
+
+def test_a_prune_that_fails_leaves_the_deploy_standing_and_says_so(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """The new digests are live and tested when pruning fails: the deploy succeeds, and
+    its record and report say what was not pruned (it used to fail with no record)."""
+    labels = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/managed-by": "rsolv-staging"}
+    staging.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "old-feature-flags", "namespace": "staging", "labels": labels},
+        }
+    )
+    staging.deny("delete", "configmaps", "staging")
+    report = deploy(images=images(GOOD), smoke_checks_file=checks_file(tmp_path, app_server))
+    assert report.result == "succeeded"
+    assert report.pruned == []
+    assert "pruning failed" in report.reason
+    assert staging.get("v1", "ConfigMap", "old-feature-flags", "staging") is not None
+    assert running_images(staging, "staging")["rsolv-api"] == f"{API}@{GOOD}"
+    record = latest_artifact("deployments-staging")
+    assert "succeeded" in record
+    assert "pruning failed" in record
+
+
 class _Hook(BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,7 @@ from rsolv_staging.images import parse_image
 from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects
-from tasks.manifests import render_overlay
+from tasks.manifests import DEPLOYMENTS, render_overlay
 from tests.plugins.http import Server
 from tests.plugins.releases import API, checks_file, images, latest_artifact, running_images
 
@@ -356,3 +357,55 @@ def test_production_changed_while_waiting_is_refused(
     (row,) = audit_rows()
     assert row["decision"] == "refused"
     assert "ConfigMap/production/rsolv-config" in row["outcome"]
+
+
+def test_manifests_changed_while_waiting_are_refused(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """What the approver saw is what production gets: manifests edited during the wait
+    (a pull on the worker, say) are refused before the first write, and audited."""
+    tree = tmp_path / "deployments"
+    shutil.copytree(DEPLOYMENTS, tree)
+
+    def edit_then_approve(api: PrefectAPI, run_id: str) -> None:
+        config = tree / "overlays" / "production" / "config.yaml"
+        config.write_text(config.read_text().replace("LOG_LEVEL: info", "LOG_LEVEL: debug"))
+        decide("approve", "alice")(api, run_id)
+
+    resumer(edit_then_approve)
+    with pytest.raises(GuardError, match="not the ones approved"):
+        promote(tmp_path, app_server, manifests_dir=str(tree))
+    assert running_images(promotable, "production") == images(OLD)
+    (row,) = audit_rows()
+    assert row["decision"] == "refused"
+    assert row["outcome"].startswith("production untouched")
+
+
+def test_the_approver_sees_deletions_and_only_those_happen(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """Objects the deploy will prune are in the diff the approver reads; one that appears
+    during the wait is not deleted, since nobody approved its deletion."""
+    labels = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/managed-by": "rsolv-staging"}
+
+    def config_map(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "production", "labels": labels},
+        }
+
+    promotable.seed(config_map("old-flags"))
+
+    def add_then_approve(api: PrefectAPI, run_id: str) -> None:
+        promotable.seed(config_map("added-while-waiting"))
+        decide("approve", "alice")(api, run_id)
+
+    resumer(add_then_approve)
+    report = promote(tmp_path, app_server)
+    deleted = report.record.diff.split("## Deleted once the rollout is healthy", 1)[1]
+    assert "ConfigMap/production/old-flags" in deleted
+    assert "added-while-waiting" not in deleted
+    assert report.deploy.pruned == ["ConfigMap/production/old-flags"]
+    assert promotable.get("v1", "ConfigMap", "old-flags", "production") is None
+    assert promotable.get("v1", "ConfigMap", "added-while-waiting", "production") is not None
