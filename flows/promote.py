@@ -374,8 +374,9 @@ def _deploy_approved(
             approved_objects=approved_objects,
             approved_deletions=approved_deletions,
         )
-    except GuardError as exc:
-        # Refused before its first write (the manifests changed since the approval).
+    except (GuardError, ConfigurationError) as exc:
+        # Refused before its first write (the manifests or the checks file changed, or
+        # no longer render, since the approval).
         record.decision, record.outcome = "refused", f"production untouched: {exc}"
         record_audit(record)
         raise
@@ -384,6 +385,8 @@ def _deploy_approved(
         record_audit(record)
         raise
     record.outcome = "deployed to production"
+    if report.reason:  # e.g. the approved deletions failed: said, not hidden
+        record.outcome += f"; {report.reason}"
     record_audit(record)
     return PromotionReport(record=record, deploy=report)
 

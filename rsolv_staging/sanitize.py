@@ -138,7 +138,8 @@ def inherit_rules(
     A rule names a table's column; a table that ``INHERITS`` from it is copied on its own
     (a table's COPY never holds a child's rows), so its rows would arrive unmasked, and
     ``SELECT ... FROM parent`` on staging would show them. A child's column takes the
-    rule of its nearest ancestor's column of the same name, unless it has its own.
+    rule of its nearest ancestor's column of the same name (a masking one before a
+    ``keep``), unless it has its own.
 
     Args:
         rules: The parsed rules.
@@ -150,11 +151,16 @@ def inherit_rules(
         if column in rules.columns:
             continue
         table, name = column.rsplit(".", 1)
-        for parent in ancestors.get(table, ()):
-            rule = rules.columns.get(f"{parent}.{name}")
-            if rule is not None:
-                inherited[column] = rule
-                break
+        found = [
+            rule
+            for parent in ancestors.get(table, ())
+            if (rule := rules.columns.get(f"{parent}.{name}")) is not None
+        ]
+        # Under multiple inheritance the rows show through every parent: a masking
+        # rule wins over another parent's keep.
+        masking = [rule for rule in found if rule.strategy != "keep"]
+        if found:
+            inherited[column] = (masking or found)[0]
     if not inherited:
         return rules
     return rules.model_copy(update={"columns": {**rules.columns, **inherited}})

@@ -610,7 +610,6 @@ def _delete(dyn: DynamicClient, obj: Mapping[str, Any], settings: Settings) -> N
         raise classify(exc, "delete", object_key(obj)) from exc
 
 
-@task(name="prune-objects", cache_policy=NO_CACHE, task_run_name="prune-{namespace}")
 def _prunable(
     dyn: Any, keep: Sequence[str], namespace: str, settings: Settings
 ) -> list[dict[str, Any]]:
@@ -625,7 +624,7 @@ def _prunable(
     return found
 
 
-@task(name="preview-prune", cache_policy=NO_CACHE)
+@task(name="preview-prune", cache_policy=NO_CACHE, task_run_name="preview-prune-{namespace}")
 def preview_prune(
     keep: Sequence[str], *, namespace: str, cluster: Cluster, settings: Settings
 ) -> list[str]:
@@ -633,7 +632,7 @@ def preview_prune(
     return [object_key(o) for o in _prunable(connect(cluster, settings), keep, namespace, settings)]
 
 
-@task(name="prune-objects", cache_policy=NO_CACHE)
+@task(name="prune-objects", cache_policy=NO_CACHE, task_run_name="prune-{namespace}")
 def prune_objects(
     keep: Sequence[str],
     *,

@@ -45,6 +45,7 @@ from rsolv_staging.sanitize import (
     LineMasker,
     MaskerFactory,
     Rule,
+    inherit_rules,
     mask_shapes,
     parse_rules,
     personal_columns,
@@ -250,6 +251,16 @@ def jobs_extension(
         shutil.rmtree(root)
 
 
+def wait_for(condition: Callable[[], bool], *, seconds: float) -> bool:
+    """Whether ``condition`` holds within ``seconds`` (backends end asynchronously)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def databases(server: PostgresServer) -> set[str]:
     return {str(r[0]) for r in query(server.dsn, "SELECT datname FROM pg_database")}
 
@@ -334,6 +345,35 @@ def test_rules_parse_and_reject_unknown_strategies_and_providers() -> None:
         parse_rules({"columns": {"users.email": "scramble"}})
     with pytest.raises(ConfigurationError, match="no Faker provider 'nope'"):
         parse_rules({"columns": {"users.email": {"fake": "nope"}}})
+
+
+def test_inheritance_children_take_their_ancestors_rules_masking_first() -> None:
+    """A child's column takes its nearest ancestor's rule; its own rule wins; under
+    multiple inheritance a masking parent's rule wins over another parent's keep."""
+    rules = parse_rules(
+        {
+            "columns": {
+                "app.notes.body": {"fixed": "(note)"},
+                "app.labels.body": "keep",
+                "app.own.body": "null",
+                "app.notes.title": "keep",
+            }
+        }
+    )
+    ancestors = {
+        "app.pinned": ["app.notes"],
+        "app.old_pinned": ["app.pinned", "app.notes"],
+        "app.both": ["app.labels", "app.notes"],
+        "app.own": ["app.notes"],
+    }
+    columns = [f"{t}.body" for t in ancestors] + ["app.pinned.title", "app.pinned.extra"]
+    got = inherit_rules(rules, ancestors, columns).columns
+    assert got["app.pinned.body"].value == "(note)"
+    assert got["app.old_pinned.body"].value == "(note)"
+    assert got["app.both.body"].strategy == "fixed"
+    assert got["app.own.body"].strategy == "null"
+    assert got["app.pinned.title"].strategy == "keep"
+    assert "app.pinned.extra" not in got
 
 
 def test_the_example_rules_file_is_valid() -> None:
@@ -1298,14 +1338,13 @@ def test_a_failure_stops_the_loads_still_running(
     # Staging's backends of the copy ended with it (the load's would sleep on, holding
     # its table's lock, though its psql is gone).
     busy = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-    assert query(pg_staging.dsn, busy, plan.new) == [(0,)]
+    assert wait_for(lambda: query(pg_staging.dsn, busy, plan.new) == [(0,)], seconds=3)
     assert query(pg_staging.dsn_for(plan.new), "SELECT count(*) FROM app.crawling") == [(0,)]
-    readers = query(
-        source.dsn,
+    readers = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid()",
+        "AND pid <> pg_backend_pid()"
     )
-    assert readers == [(0,)]
+    assert wait_for(lambda: query(source.dsn, readers) == [(0,)], seconds=3)
 
 
 def test_production_data_and_statistics_are_unchanged_by_a_sync(
@@ -1583,7 +1622,8 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     assert again.disk is not None
     ((rollback_size,),) = query(pg_staging.dsn, size_of, f"{live_name}_sync_old")
     assert abs(again.disk.live - first_size) <= first_size // 10  # the same rows again
-    assert again.disk.rollback == rollback_size
+    assert again.disk.rollback is not None
+    assert abs(again.disk.rollback - rollback_size) <= rollback_size // 100
     assert again.disk.peak >= again.disk.total >= again.disk.live + rollback_size
 
     before = databases(pg_staging)

@@ -276,6 +276,11 @@ def _run_tool(
     process = (children.start if children else subprocess.Popen)(command, **options)
     try:
         out, err = process.communicate()
+    except BaseException:
+        # Interrupted (a cancelled run): the tool must not outlive it, still connected.
+        process.kill()
+        process.wait()
+        raise
     finally:
         if children:
             children.finished(process)
@@ -536,10 +541,7 @@ def prepare_sync(
                 "sanitize rules do not match the source, nothing was copied: " + "; ".join(problems)
             )
         rules = inherit_rules(rules, ancestors, columns)
-        masked = {
-            c: r.strategy if r.strategy != "fake" else f"fake:{r.provider}"
-            for c, r in rules.columns.items()
-        }
+        masked = _masked_labels(rules)
     unmasked = personal_columns(columns, rules)
     if rules is not None and large_objects:
         if rules.large_objects is None:
@@ -590,13 +592,22 @@ def prepare_sync(
     )
 
 
+def _masked_labels(rules: Rules) -> dict[str, str]:
+    """Each ruled column's strategy, as the report shows it (``fake:email``)."""
+    return {
+        c: r.strategy if r.strategy != "fake" else f"fake:{r.provider}"
+        for c, r in rules.columns.items()
+    }
+
+
 def _database_sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Staging's databases by size on disk: those the sync's role may connect to (all of
     them for a superuser; pg_database_size refuses the others)."""
     return {
         str(name): int(size)
         for name, size in conn.execute(
-            "SELECT datname, pg_database_size(oid) FROM pg_database"
+            # NULL for a database dropped meanwhile.
+            "SELECT datname, coalesce(pg_database_size(oid), 0) FROM pg_database"
             " WHERE datallowconn AND has_database_privilege(oid, 'CONNECT')"
         )
     }
@@ -1395,6 +1406,8 @@ def copy_database(
             rules = inherit_rules(
                 rules, _ancestors(snap), (f"{t.root}.{c}" for t in tables for c in t.columns)
             )
+            # Checksums skip, and the report lists, what this snapshot masks.
+            plan = plan.model_copy(update={"masked": {**plan.masked, **_masked_labels(rules)}})
             shapes, problems = mask_shapes(
                 rules,
                 (
@@ -1913,7 +1926,7 @@ def verify_copy(
         # Large objects kept as they are still compare; emptied ones cannot.
         masked_tables={
             c.rsplit(".", 1)[0]
-            for c, how in plan.masked.items()
+            for c, how in result.masked.items()
             if (c, how) != (LARGE_OBJECTS, "keep")
         },
         database=database,
