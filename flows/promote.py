@@ -276,8 +276,9 @@ def promote_to_production(
         )
 
     # 6. Approved: deploy the same digests to production, unless a freeze began while
-    #    the gate was open.
+    #    the gate was open (the calendar read again: a window added meanwhile counts).
     try:
+        windows = load_freeze_windows(settings.freeze_windows_file or DEFAULT_FREEZE_WINDOWS)
         late = check_freeze(windows, datetime.now(UTC), override_reason=freeze_override_reason)
     except GuardError as exc:
         record.decision, record.outcome = "refused", f"production untouched: {exc}"

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -28,6 +29,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from prefect.context import get_run_context
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Running
 
@@ -256,6 +258,62 @@ def test_freeze_window_refuses_and_an_override_is_recorded(
     assert running_images(promotable, "production") == images(NEW)
     (row,) = audit_rows()
     assert row["freeze_override"] == "launch-week: INC-7 hotfix"
+
+
+def test_a_freeze_window_added_during_the_wait_refuses_the_approval(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """The calendar is read again after the decision: a freeze declared while the gate
+    was open stops the approved promotion, audited, production untouched."""
+    now = datetime.now(UTC)
+
+    def declare_freeze_then_approve(api: PrefectAPI, run_id: str) -> None:
+        window = {
+            "name": "incident-freeze",
+            "start": (now - timedelta(hours=1)).replace(tzinfo=None).isoformat(),
+            "end": (now + timedelta(hours=1)).replace(tzinfo=None).isoformat(),
+            "timezone": "UTC",
+        }
+        (tmp_path / "freeze.yaml").write_text(yaml.safe_dump({"windows": [window]}))
+        decide("approve", "alice")(api, run_id)
+
+    resumer(declare_freeze_then_approve)
+    with pytest.raises(GuardError, match="incident-freeze"):
+        promote(tmp_path, app_server)
+    assert running_images(promotable, "production") == images(OLD)
+    (row,) = audit_rows()
+    assert row["decision"] == "refused"
+
+
+def test_production_refuses_a_parent_that_is_not_the_approving_promotion(
+    promotable: KubeEmulator,
+) -> None:
+    """As a subflow, the deploy still refuses production unless its parent is the
+    promote-to-production run named by the approval: not a flow of another name giving
+    its own id, not one giving the id of some other running promotion."""
+    with get_client(sync_client=True) as client:
+        other = client.create_flow_run(
+            promote_to_production, parameters={"requester": "x", "change_ref": "y"}
+        )
+        client.set_flow_run_state(other.id, Running(), force=True)
+
+    @flow(name="not-a-promotion")
+    def impostor(approval: str | None) -> None:
+        own = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+        deploy(
+            images=images(NEW),
+            environment="production",
+            approval_id=approval or own,
+            run_smoke_tests=False,
+            approved_objects="0" * 64,
+            approved_deletions=[],
+        )
+
+    promotable.clear_log()
+    for approval in (None, str(other.id)):
+        with pytest.raises(GuardError, match="not the running promote-to-production run"):
+            impostor(approval)
+    assert promotable.writes() == []
 
 
 def test_failed_production_rollout_is_rolled_back(
