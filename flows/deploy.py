@@ -62,7 +62,7 @@ from rsolv_staging.exceptions import GuardError, SmokeTestFailed
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.settings import load_settings, load_topology
-from rsolv_staging.smoke import default_checks_file, load_checks, render_checks
+from rsolv_staging.smoke import checks_for
 from tasks.kube import (
     ObjectChange,
     RolloutResult,
@@ -139,12 +139,7 @@ def deploy(
     if run_smoke_tests:
         # A missing or wrong checks file is found now, not after the rollout (which it
         # would roll back for nothing).
-        render_checks(
-            load_checks(
-                Path(smoke_checks_file) if smoke_checks_file else default_checks_file(environment)
-            ),
-            target,
-        )
+        checks_for(target, smoke_checks_file)
 
     stubs = {app: _deployment_stub(app, target.namespace) for app in target.apps}
     running = retrying(read_objects, settings)(
@@ -248,6 +243,7 @@ def deploy(
             # The new digests are live and tested: the deploy stands, and says so.
             note = f"pruning failed, the next deploy prunes again ({type(exc).__name__}: {exc})"
             logger.warning("deploy to %s: %s", environment, note)
+    said = reason or note  # what the record, the notification and the report say
 
     finished = datetime.now(UTC)
     records = [
@@ -260,7 +256,7 @@ def deploy(
             started=started,
             finished=finished,
             result=result,
-            reason=reason or note,
+            reason=said,
         )
         for app in target.apps
     ]
@@ -270,7 +266,7 @@ def deploy(
         description=f"Deployment to {environment}: {result}",
     )
     summary = ", ".join(f"{r.app} {refs[r.app].short}" for r in records)
-    notify(f"{environment}: deploy {result}", f"{summary} ({trigger}). {reason or note}".strip())
+    notify(f"{environment}: deploy {result}", f"{summary} ({trigger}). {said}".strip())
     report = DeployReport(
         environment=environment,
         result=result,
@@ -278,7 +274,7 @@ def deploy(
         changes=changes,
         pruned=pruned,
         rollback=rollback,
-        reason=reason or note,
+        reason=said,
     )
     if reason:
         undone = ", ".join(rollback) or "nothing"

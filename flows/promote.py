@@ -68,7 +68,7 @@ from rsolv_staging.promotion import (
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.reports import change_report
 from rsolv_staging.settings import REPO_ROOT, load_settings, load_topology
-from rsolv_staging.smoke import default_checks_file, load_checks, render_checks
+from rsolv_staging.smoke import checks_for
 from tasks.kube import (
     diff_objects,
     preview_apply,
@@ -128,12 +128,7 @@ def promote_to_production(
     staging, production = topology.staging, topology.production
     # Production's smoke checks are read now: a wrong file found only after the approval
     # would roll production out and back for nothing.
-    render_checks(
-        load_checks(
-            Path(smoke_checks_file) if smoke_checks_file else default_checks_file(production.name)
-        ),
-        production,
-    )
+    checks_for(production, smoke_checks_file)
 
     # 1. Freeze windows and who may decide: refused before anything is read or asked.
     # The calendar is the operator's (a setting), never the requester's (a parameter).
@@ -188,16 +183,12 @@ def promote_to_production(
         cluster=production.cluster,
         settings=settings,
     )
-    diff = (
-        change_report(
-            "Production changes",
-            changes,
-            dry_run=True,
-            context=production.cluster.kube_context or "current context",
-        )
-        + "\n## Deleted once the rollout is healthy\n\n"
-        + ("\n".join(f"- `{key}`" for key in deletions) or "Nothing.")
-        + "\n"
+    diff = change_report(
+        "Production changes",
+        changes,
+        dry_run=True,
+        context=production.cluster.kube_context or "current context",
+        deleted=deletions,
     )
     overrides = {
         k: v

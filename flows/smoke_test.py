@@ -57,9 +57,7 @@ from rsolv_staging.settings import load_topology
 from rsolv_staging.smoke import (
     SmokeReport,
     WarmupPolicy,
-    default_checks_file,
-    load_checks,
-    render_checks,
+    checks_for,
 )
 from tasks.http import run_checks
 from tasks.reports import publish_table
@@ -97,8 +95,7 @@ async def smoke_test(
     """
     logger = get_run_logger()
     topology = load_topology(Path(environments_file) if environments_file else None)
-    suite = load_checks(Path(checks_file) if checks_file else default_checks_file(environment))
-    checks = render_checks(suite, topology.environment(environment))
+    checks = checks_for(topology.environment(environment), checks_file)
 
     if images:
         logger.info("testing %s", ", ".join(f"{a}={r}" for a, r in sorted(images.items())))

@@ -26,8 +26,16 @@ def counts(changes: Sequence[Change]) -> dict[str, int]:
     return {verb: tally.get(verb, 0) for verb in _VERB.values()}
 
 
-def change_report(title: str, changes: Sequence[Change], *, dry_run: bool, context: str) -> str:
-    """A markdown report: a summary line, a table of objects and the diffs."""
+def change_report(
+    title: str,
+    changes: Sequence[Change],
+    *,
+    dry_run: bool,
+    context: str,
+    deleted: Sequence[str] | None = None,
+) -> str:
+    """A markdown report: a summary line, a table of objects and the diffs; with
+    ``deleted``, the objects pruned once the rollout is healthy."""
     words = _WOULD if dry_run else _VERB
     tally = counts(changes)
     mode = "dry run, nothing was applied" if dry_run else "applied"
@@ -49,4 +57,7 @@ def change_report(title: str, changes: Sequence[Change], *, dry_run: bool, conte
     diffs = [c for c in changes if c.action == "change" and c.diff]
     for c in diffs:
         lines += ["", f"### `{c.key}`", "", "```diff", c.diff, "```"]
+    if deleted is not None:
+        lines += ["", "## Deleted once the rollout is healthy", ""]
+        lines += [f"- `{key}`" for key in deleted] or ["Nothing."]
     return "\n".join(lines) + "\n"

@@ -407,6 +407,14 @@ def render_checks(suite: CheckSuite, env: Environment) -> tuple[Check, ...]:
     return tuple(c.model_copy(update={"url": fill_url(c.url, values)}) for c in suite.checks)
 
 
+def checks_for(env: Environment, checks_file: str | Path | None = None) -> tuple[Check, ...]:
+    """``env``'s checks: ``checks_file``, or ``data/smoke/<environment>.yaml``, read,
+    validated and filled in (the errors of :func:`load_checks` and :func:`render_checks`).
+    """
+    path = Path(checks_file) if checks_file else default_checks_file(env.name)
+    return render_checks(load_checks(path), env)
+
+
 # --------------------------------------------------------------------------- results
 
 

@@ -26,6 +26,7 @@ from tests.plugins.http import Server
 from tests.plugins.releases import (
     API,
     LANDING,
+    app_config_map,
     checks_file,
     images,
     latest_artifact,
@@ -212,12 +213,7 @@ def test_objects_no_longer_rendered_are_pruned(
     staging: KubeEmulator, app_server: Server, tmp_path: Path
 ) -> None:
     """An app object the tree no longer renders is deleted; provisioning's objects are kept."""
-    labels = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/managed-by": "rsolv-staging"}
-    leftover: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "old-feature-flags", "namespace": "staging", "labels": labels},
-    }
+    leftover = app_config_map("old-feature-flags", "staging")
     provisioned: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -254,14 +250,7 @@ def test_a_prune_that_fails_leaves_the_deploy_standing_and_says_so(
 ) -> None:
     """The new digests are live and tested when pruning fails: the deploy succeeds, and
     its record and report say what was not pruned (it used to fail with no record)."""
-    labels = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/managed-by": "rsolv-staging"}
-    staging.seed(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "old-feature-flags", "namespace": "staging", "labels": labels},
-        }
-    )
+    staging.seed(app_config_map("old-feature-flags", "staging"))
     staging.deny("delete", "configmaps", "staging")
     report = deploy(images=images(GOOD), smoke_checks_file=checks_file(tmp_path, app_server))
     assert report.result == "succeeded"

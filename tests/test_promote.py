@@ -46,7 +46,14 @@ from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects
 from tasks.manifests import DEPLOYMENTS, render_overlay
 from tests.plugins.http import Server
-from tests.plugins.releases import API, checks_file, images, latest_artifact, running_images
+from tests.plugins.releases import (
+    API,
+    app_config_map,
+    checks_file,
+    images,
+    latest_artifact,
+    running_images,
+)
 
 OLD = "sha256:" + "0" * 64
 NEW = "sha256:" + "1" * 64
@@ -137,6 +144,19 @@ def decide(
 def audit_rows() -> list[dict[str, str]]:
     data = latest_artifact("promotion-audit")
     return list(json.loads(data)) if isinstance(data, str) else list(data)
+
+
+def freeze_now(tmp_path: Path, name: str) -> None:
+    """The freeze calendar the promotions read: one window ``name``, from an hour ago to an
+    hour from now."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    window = {
+        "name": name,
+        "start": (now - timedelta(hours=1)).isoformat(),
+        "end": (now + timedelta(hours=1)).isoformat(),
+        "timezone": "UTC",
+    }
+    (tmp_path / "freeze.yaml").write_text(yaml.safe_dump({"windows": [window]}))
 
 
 def promote(tmp_path: Path, server: Server, **kwargs: Any) -> Any:
@@ -234,21 +254,7 @@ def test_freeze_window_refuses_and_an_override_is_recorded(
     promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
 ) -> None:
     """Inside a freeze window the promotion is refused; with an override it goes ahead."""
-    now = datetime.now(UTC)
-    (tmp_path / "freeze.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "windows": [
-                    {
-                        "name": "launch-week",
-                        "start": (now - timedelta(hours=1)).replace(tzinfo=None).isoformat(),
-                        "end": (now + timedelta(hours=1)).replace(tzinfo=None).isoformat(),
-                        "timezone": "UTC",
-                    }
-                ]
-            }
-        )
-    )
+    freeze_now(tmp_path, "launch-week")
     with pytest.raises(GuardError, match=r"'launch-week'.*in force until"):
         promote(tmp_path, app_server)
     assert running_images(promotable, "production") == images(OLD)
@@ -265,16 +271,9 @@ def test_a_freeze_window_added_during_the_wait_refuses_the_approval(
 ) -> None:
     """The calendar is read again after the decision: a freeze declared while the gate
     was open stops the approved promotion, audited, production untouched."""
-    now = datetime.now(UTC)
 
     def declare_freeze_then_approve(api: PrefectAPI, run_id: str) -> None:
-        window = {
-            "name": "incident-freeze",
-            "start": (now - timedelta(hours=1)).replace(tzinfo=None).isoformat(),
-            "end": (now + timedelta(hours=1)).replace(tzinfo=None).isoformat(),
-            "timezone": "UTC",
-        }
-        (tmp_path / "freeze.yaml").write_text(yaml.safe_dump({"windows": [window]}))
+        freeze_now(tmp_path, "incident-freeze")
         decide("approve", "alice")(api, run_id)
 
     resumer(declare_freeze_then_approve)
@@ -444,19 +443,10 @@ def test_the_approver_sees_deletions_and_only_those_happen(
 ) -> None:
     """Objects the deploy will prune are in the diff the approver reads; one that appears
     during the wait is not deleted, since nobody approved its deletion."""
-    labels = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/managed-by": "rsolv-staging"}
-
-    def config_map(name: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": "production", "labels": labels},
-        }
-
-    promotable.seed(config_map("old-flags"))
+    promotable.seed(app_config_map("old-flags", "production"))
 
     def add_then_approve(api: PrefectAPI, run_id: str) -> None:
-        promotable.seed(config_map("added-while-waiting"))
+        promotable.seed(app_config_map("added-while-waiting", "production"))
         decide("approve", "alice")(api, run_id)
 
     resumer(add_then_approve)

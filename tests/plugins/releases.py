@@ -4,6 +4,7 @@ runs, smoke checks files aimed at the local app server, and artifacts read back.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect.client.orchestration import get_client
@@ -21,6 +22,16 @@ LANDING = "ghcr.io/rsolv-dev/rsolv-landing"
 def images(digest: str) -> dict[str, str]:
     """Both apps' image references at ``digest``."""
     return {"rsolv-api": f"{API}@{digest}", "rsolv-landing": f"{LANDING}@{digest}"}
+
+
+def app_config_map(name: str, namespace: str) -> dict[str, Any]:
+    """A ConfigMap labelled as the apps' own: the deploy prunes it once no longer rendered."""
+    labels = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/managed-by": "rsolv-staging"}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+    }
 
 
 def running_images(kube: KubeEmulator, namespace: str) -> dict[str, str]:
