@@ -58,7 +58,7 @@ from rsolv_staging.deployments import (
     objects_fingerprint,
     resolve_images,
 )
-from rsolv_staging.exceptions import GuardError, SmokeTestFailed
+from rsolv_staging.exceptions import GuardError, SmokeTestFailed, StagingError
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.settings import load_settings, load_topology
@@ -227,7 +227,9 @@ def deploy(
                     _describe(r) for r in restored if not r.ready
                 )
         except Exception as exc:
-            # Still recorded and notified below: the environment is half rolled back.
+            # Still recorded and notified below: the environment is half rolled back, and
+            # the message lists what was put back before the failure.
+            rollback = list(exc.done) if isinstance(exc, StagingError) else []
             reason += f"; the rollback itself failed ({type(exc).__name__}: {exc})"
     else:
         result = "succeeded"
@@ -241,9 +243,12 @@ def deploy(
             )
         except Exception as exc:
             # The new digests are live and tested: the deploy stands, and says so.
+            pruned = list(exc.done) if isinstance(exc, StagingError) else []
             note = f"pruning failed, the next deploy prunes again ({type(exc).__name__}: {exc})"
             logger.warning("deploy to %s: %s", environment, note)
     said = reason or note  # what the record, the notification and the report say
+    if result == "failed":  # half rolled back: whoever picks it up needs what was put back
+        said += f". Undone before the failure: {', '.join(rollback) or 'nothing'}"
 
     finished = datetime.now(UTC)
     records = [

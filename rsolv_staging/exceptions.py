@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class StagingError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base class of every error this project raises on purpose.
+
+    ``done`` lists what the failing call had already changed (e.g. the objects a rollback
+    put back before its next write failed), so a caller can say exactly what changed.
+    """
+
+    done: tuple[str, ...] = ()
 
 
 class ConfigurationError(StagingError):

@@ -559,17 +559,30 @@ def restore_objects(
     deleted. Returns what was done, one line per object.
     """
     dyn = connect(cluster, settings)
-    done = []
-    for key in keys:
-        previous = before.get(key)
-        if previous is not None:
-            ours = applied_configuration(previous, settings.field_manager)
-            _apply(dyn, ours if ours is not None else restorable(previous), settings, dry_run=False)
-            done.append(f"restored {key}")
-        else:
-            _delete(dyn, stubs[key], settings)
-            done.append(f"deleted {key} (created by the failed run)")
+    done: list[str] = []
+    with _reporting(done):
+        for key in keys:
+            previous = before.get(key)
+            if previous is not None:
+                ours = applied_configuration(previous, settings.field_manager)
+                _apply(
+                    dyn, ours if ours is not None else restorable(previous), settings, dry_run=False
+                )
+                done.append(f"restored {key}")
+            else:
+                _delete(dyn, stubs[key], settings)
+                done.append(f"deleted {key} (created by the failed run)")
     return done
+
+
+@contextmanager
+def _reporting(done: list[str]) -> Iterator[None]:
+    """On failure, the error carries ``done`` (what this attempt had changed before it)."""
+    try:
+        yield
+    except StagingError as exc:
+        exc.done = tuple(done)
+        raise
 
 
 def _list(
@@ -648,10 +661,11 @@ def prune_objects(
     candidates. With ``only`` (the deletions an approver saw), nothing else is deleted.
     """
     dyn = connect(cluster, settings)
-    pruned = []
-    for obj in _prunable(dyn, keep, namespace, settings):
-        if only is not None and object_key(obj) not in only:
-            continue
-        _delete(dyn, obj, settings)
-        pruned.append(object_key(obj))
+    pruned: list[str] = []
+    with _reporting(pruned):
+        for obj in _prunable(dyn, keep, namespace, settings):
+            if only is not None and object_key(obj) not in only:
+                continue
+            _delete(dyn, obj, settings)
+            pruned.append(object_key(obj))
     return pruned

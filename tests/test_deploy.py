@@ -131,6 +131,25 @@ def test_failed_smoke_test_rolls_back(
     }
 
 
+def test_a_rollback_that_fails_halfway_says_what_it_put_back(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """A first deploy whose smoke tests fail deletes what it created; when a delete is
+    refused halfway, the error lists the objects already deleted, not "nothing"."""
+    staging.deny("delete", "services", "staging")  # the ConfigMap goes first, then Services
+    with pytest.raises(DeployFailed) as err:
+        deploy(images=images(BAD), smoke_checks_file=checks_file(tmp_path, app_server, path="/500"))
+    message = str(err.value)
+    assert "the rollback itself failed" in message
+    undone = message.split("Undone: ", 1)[1]
+    assert undone == "deleted ConfigMap/staging/rsolv-config (created by the failed run)"
+    assert staging.get("v1", "ConfigMap", "rsolv-config", "staging") is None
+    assert staging.get("v1", "Service", "rsolv-api", "staging") is not None
+    records = json.loads(latest_artifact("deployments-staging"))
+    assert {r["result"] for r in records} == {"failed"}
+    assert all("Undone before the failure: deleted ConfigMap" in r["reason"] for r in records)
+
+
 def test_rollback_gives_back_only_our_fields(
     staging: KubeEmulator, app_server: Server, tmp_path: Path
 ) -> None:
@@ -249,14 +268,18 @@ def test_a_prune_that_fails_leaves_the_deploy_standing_and_says_so(
     staging: KubeEmulator, app_server: Server, tmp_path: Path
 ) -> None:
     """The new digests are live and tested when pruning fails: the deploy succeeds, and
-    its record and report say what was not pruned (it used to fail with no record)."""
+    its record and report say what was pruned before the failure and that the rest was
+    not (it used to fail with no record)."""
     staging.seed(app_config_map("old-feature-flags", "staging"))
-    staging.deny("delete", "configmaps", "staging")
+    stale_service = {**app_config_map("old-api", "staging"), "kind": "Service"}
+    staging.seed({**stale_service, "spec": {"ports": [{"port": 80}]}})
+    staging.deny("delete", "services", "staging")  # ConfigMaps are pruned first
     report = deploy(images=images(GOOD), smoke_checks_file=checks_file(tmp_path, app_server))
     assert report.result == "succeeded"
-    assert report.pruned == []
+    assert report.pruned == ["ConfigMap/staging/old-feature-flags"]
     assert "pruning failed" in report.reason
-    assert staging.get("v1", "ConfigMap", "old-feature-flags", "staging") is not None
+    assert staging.get("v1", "ConfigMap", "old-feature-flags", "staging") is None
+    assert staging.get("v1", "Service", "old-api", "staging") is not None
     assert running_images(staging, "staging")["rsolv-api"] == f"{API}@{GOOD}"
     record = latest_artifact("deployments-staging")
     assert "succeeded" in record
