@@ -31,7 +31,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Running
+from prefect.states import Cancelling, Running
 
 from flows.deploy import deploy
 from flows.promote import ApprovalTimedOut, PromotionRefused, promote_to_production
@@ -289,7 +289,8 @@ def test_production_refuses_a_parent_that_is_not_the_approving_promotion(
 ) -> None:
     """As a subflow, the deploy still refuses production unless its parent is the
     promote-to-production run named by the approval: not a flow of another name giving
-    its own id, not one giving the id of some other running promotion."""
+    its own id, not one giving the id of some other running promotion, not a promotion
+    that is no longer running (cancelled while it was waiting)."""
     with get_client(sync_client=True) as client:
         other = client.create_flow_run(
             promote_to_production, parameters={"requester": "x", "change_ref": "y"}
@@ -308,10 +309,27 @@ def test_production_refuses_a_parent_that_is_not_the_approving_promotion(
             approved_deletions=[],
         )
 
+    @flow(name="promote-to-production")
+    def cancelled_promotion() -> None:
+        """The right name and the parent, but cancelled by the time it deploys."""
+        own = get_run_context().flow_run.id  # type: ignore[union-attr]
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(own, Cancelling(), force=True)
+        deploy(
+            images=images(NEW),
+            environment="production",
+            approval_id=str(own),
+            run_smoke_tests=False,
+            approved_objects="0" * 64,
+            approved_deletions=[],
+        )
+
     promotable.clear_log()
     for approval in (None, str(other.id)):
         with pytest.raises(GuardError, match="not the running promote-to-production run"):
             impostor(approval)
+    with pytest.raises(GuardError, match="not the running promote-to-production run"):
+        cancelled_promotion()
     assert promotable.writes() == []
 
 
