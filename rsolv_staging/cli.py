@@ -89,12 +89,14 @@ class PrefectAPI:
             raise CliError(message, EXIT_FAILED)
         return response.json() if response.content else None
 
-    def deployment_id(self, name: str) -> str:
-        """``flow-name/deployment-name`` -> deployment id."""
+    def deployment(self, name: str) -> dict[str, Any]:
+        """``flow-name/deployment-name`` -> the deployment (its ``id``, its parameters'
+        ``parameter_openapi_schema``)."""
         flow, sep, deployment = name.partition("/")
         if not sep or not flow or not deployment:
             raise CliError(f"deployment {name!r} must be 'flow-name/deployment-name'")
-        return str(self._request("GET", f"/deployments/name/{flow}/{deployment}")["id"])
+        found: dict[str, Any] = self._request("GET", f"/deployments/name/{flow}/{deployment}")
+        return found
 
     def create_run(
         self, deployment_id: str, parameters: Mapping[str, Any], *, idempotency_key: str | None
@@ -174,18 +176,36 @@ def follow(api: PrefectAPI, run_id: str, *, timeout: float, interval: float = 2.
         time.sleep(interval)
 
 
-def parse_parameters(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+def parse_parameters(
+    items: Sequence[str], schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse as JSON, else strings.
+
+    A parameter whose type in ``schema`` (the deployment's ``parameter_openapi_schema``)
+    takes a string keeps its value as typed: ``change_ref=1.10`` stays "1.10", and a
+    ticket number "1234" is not turned into a number that Prefect would then refuse.
+    """
+    properties = (schema or {}).get("properties") or {}
     params: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"parameter {item!r} must be key=value")
+        if _takes_string(properties.get(key) or {}):
+            params[key] = value
+            continue
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
     return params
+
+
+def _takes_string(prop: Mapping[str, Any]) -> bool:
+    """Whether a JSON schema property accepts a string (``str``, ``str | None``, ...)."""
+    if prop.get("type") == "string":
+        return True
+    return any(_takes_string(p) for p in prop.get("anyOf") or prop.get("oneOf") or [])
 
 
 def decide(api: PrefectAPI, run_id: str, decision: str, approver: str, reason: str) -> int:
@@ -246,10 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(api: PrefectAPI, args: argparse.Namespace) -> int:
     if args.command == "run":
-        params = parse_parameters(args.param)
-        run = api.create_run(
-            api.deployment_id(args.deployment), params, idempotency_key=args.idempotency_key
-        )
+        parse_parameters(args.param)  # a malformed -p is a usage error before any API call
+        deployment = api.deployment(args.deployment)
+        params = parse_parameters(args.param, deployment.get("parameter_openapi_schema"))
+        run = api.create_run(deployment["id"], params, idempotency_key=args.idempotency_key)
         print(f"flow run {run['name']} {run['id']} ({state_of(run)[1]})")
         return follow(api, run["id"], timeout=args.timeout) if args.follow else EXIT_OK
     if args.command in ("approve", "reject"):

@@ -31,7 +31,9 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import pause_flow_run
 from prefect.settings import PREFECT_API_URL
+from prefect.utilities.callables import parameter_schema
 
+from flows.promote import promote_to_production
 from rsolv_staging.cli import EXIT_OK, CliError, PrefectAPI, decide, parse_parameters
 from rsolv_staging.promotion import approval_form
 from tests.plugins.http import LosingProxy, Server
@@ -82,8 +84,8 @@ def served(prefect_api: None, app_server: Server, tmp_path: Path) -> Iterator[No
         deadline = time.monotonic() + 60
         while True:  # until the runner has registered both deployments
             try:
-                api.deployment_id("smoke-test/cli-ok")
-                api.deployment_id("smoke-test/cli-fail")
+                api.deployment("smoke-test/cli-ok")
+                api.deployment("smoke-test/cli-fail")
                 break
             except CliError:
                 if time.monotonic() > deadline or runner.poll() is not None:
@@ -151,6 +153,27 @@ def test_parameters_parse_as_json_or_text() -> None:
         "images": {"rsolv-api": "x@sha256:1"},
         "trigger": "ci:push:abc",
         "n": 3,
+    }
+
+
+def test_string_parameters_stay_as_typed() -> None:
+    """With the deployment's schema, a parameter typed ``str`` keeps its text: a change
+    ref "1.10" or a ticket "1234" is not turned into a number Prefect would refuse;
+    other parameters still parse as JSON."""
+    schema = parameter_schema(promote_to_production).model_dump()
+    assert parse_parameters(
+        [
+            "change_ref=1.10",
+            "requester=1234",
+            "approval_timeout_seconds=60",
+            'images={"rsolv-api": "x@sha256:1"}',
+        ],
+        schema,
+    ) == {
+        "change_ref": "1.10",
+        "requester": "1234",
+        "approval_timeout_seconds": 60,
+        "images": {"rsolv-api": "x@sha256:1"},
     }
 
 
