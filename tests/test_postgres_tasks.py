@@ -27,6 +27,7 @@ from tasks.postgres import (
     copy_rows,
     create_schema,
     is_production_server,
+    parse_target,
     verify_schema,
 )
 from tests.plugins.postgres import PostgresDatabase, PostgresServer
@@ -100,6 +101,38 @@ def test_unparsable_dsn_is_reported_without_its_text() -> None:
         connect(dsn)
     assert "cret-4417" not in "".join(traceback.format_exception(excinfo.value))
     assert "not a valid PostgreSQL connection string" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://rsolv:Ab3/xYz9+Q@staging-postgres:5432/rsolv",  # port would be "Ab3"
+        "postgresql://rsolv:8841/xYz9+Q@staging-postgres:5432/rsolv",  # dbname "xYz9+Q@..."
+        "postgresql://rsolv:p@ss-w0rd@staging-postgres:5432/rsolv",  # host "ss-w0rd@..."
+        "postgres://rsolv:a?b-c@staging-postgres/rsolv",  # query "b-c@..."
+    ],
+)
+def test_a_password_libpq_would_misread_is_refused_unshown(dsn: str) -> None:
+    """A URI password with '/', '@' or '?' unencoded would be read in part as the host,
+    port or database, which messages name; the DSN is refused, and nothing of it shown."""
+    with pytest.raises(ConfigurationError, match="Percent-encode") as excinfo:
+        connect(SecretStr(dsn))
+    secret = dsn.split("rsolv:", 1)[1].rsplit("@", 1)[0]
+    text = "".join(traceback.format_exception(excinfo.value))
+    parts = [p for p in secret.replace("?", "/").replace("@", "/").split("/") if len(p) > 2]
+    for part in (secret, *parts):
+        assert part not in text
+
+
+def test_a_percent_encoded_password_parses() -> None:
+    """The same passwords written percent-encoded are read as passwords."""
+    target = parse_target(SecretStr("postgresql://rsolv:Ab3%2FxYz9%2BQ%40@staging-pg:5433/rsolv"))
+    assert (target.host, target.port, target.dbname, target.user) == (
+        "staging-pg",
+        5433,
+        "rsolv",
+        "rsolv",
+    )
 
 
 def test_failed_append_commits_nothing_and_keeps_the_data(

@@ -164,11 +164,29 @@ def _endpoints(params: dict[str, Any]) -> list[tuple[str, int]]:
         try:
             pairs.append((host.strip() or "localhost", int(port.strip() or 5432)))
         except ValueError:
-            raise ConfigurationError(f"the DSN's port {port!r} is not a number") from None
+            # Not quoted: a misread DSN can put part of the password there.
+            raise ConfigurationError("the DSN's port is not a number") from None
     for address in str(params.get("hostaddr") or "").split(","):
         if address.strip():
             pairs.append((address.strip(), pairs[0][1] if pairs else 5432))
     return pairs
+
+
+_URI_SCHEME = ("postgresql://", "postgres://")
+
+
+def _misencoded_uri(dsn: str) -> bool:
+    """Whether a URI DSN has '@', '/' or '?' unencoded in its user info.
+
+    libpq then takes part of the password for the host, port or database name, where no
+    redaction knows to look for it: messages naming the target would print it. A base64
+    password holds '/' often enough for this to matter.
+    """
+    if not dsn.lower().startswith(_URI_SCHEME):
+        return False
+    rest = dsn.split("://", 1)[1]
+    at = rest.rfind("@")
+    return at >= 0 and (rest.count("@") > 1 or any(c in rest[:at] for c in "/?"))
 
 
 def parse_target(dsn: SecretStr) -> Target:
@@ -178,6 +196,13 @@ def parse_target(dsn: SecretStr) -> Target:
         ConfigurationError: libpq cannot parse the DSN. The parser's message quotes
             parts of the string, so it is not repeated.
     """
+    if _misencoded_uri(dsn.get_secret_value()):
+        raise ConfigurationError(
+            "the database DSN is a URI with '@', '/' or '?' unencoded before its host (in "
+            "the password, say): libpq would read part of it as the host, port or "
+            "database. Percent-encode them (%40, %2F, %3F); the text is not shown "
+            "because it holds a password"
+        )
     try:
         params = conninfo_to_dict(dsn.get_secret_value())
     except psycopg.Error:
