@@ -22,7 +22,9 @@ Why it is built this way (numbers from DESIGN.md, 1M user rows):
 * Distributions are skewed the way real tenants are: organization sizes follow a Zipf
   law (a few large ones, many small), repository activity too; findings lean to low
   severities; fix attempts go to severe findings first. Every timestamp of a child is at
-  or after its parents' (and before ``as_of``), which the schema's CHECKs partly enforce.
+  or after its parents' (and before ``as_of``; a subscription's ``current_period_end``, the
+  end of the billing period running on ``as_of``, lies after it), which the schema's
+  CHECKs partly enforce.
 * Email addresses use the reserved ``.example`` top-level domain and ``example.com``
   (RFC 2606): staging sends real email through its ConvertKit sandbox, and synthetic
   data must never reach a real mailbox.

@@ -386,7 +386,11 @@ def _engine(conn_factory: Callable[[], psycopg.Connection[Any]]) -> Any:
 
 @task(cache_policy=NO_CACHE, **_retrying)
 def create_schema(dsn: SecretStr, production: Database) -> list[str]:
-    """Create the RSOLV tables, enum and indexes that do not exist yet (idempotent).
+    """Create the RSOLV tables, enum and indexes that do not exist yet (idempotent), and
+    check the whole schema against the models in the same transaction.
+
+    A target whose existing tables differ from the models (an app migration the models
+    lack, a hand edit) keeps its schema as it was: nothing is created.
 
     Args:
         dsn: The target database's DSN.
@@ -397,7 +401,7 @@ def create_schema(dsn: SecretStr, production: Database) -> list[str]:
 
     Raises:
         GuardError: the target is production's server.
-        DataError: the DDL failed.
+        DataError: the DDL failed, or the schema differs (every difference listed).
     """
     created: list[str] = []
     with connect_for_writing(dsn, production) as conn:
@@ -407,6 +411,9 @@ def create_schema(dsn: SecretStr, production: Database) -> list[str]:
                 existing = set(inspect(sa_conn).get_table_names())
                 metadata.create_all(sa_conn, checkfirst=True)
                 created = [name for name in TABLE_NAMES if name not in existing]
+                # Raised inside the transaction: the tables just created roll back.
+                if problems := compare_schemas(describe_metadata(), _shape(sa_conn)):
+                    raise _drift(problems)
         except (psycopg.Error, DBAPIError) as exc:
             failure = _error("creating the schema failed", exc, dsn)
         else:
@@ -420,39 +427,44 @@ def _reflect(conn: psycopg.Connection[Any]) -> SchemaShape:
     engine = _engine(lambda: conn)
     try:
         with engine.connect() as sa_conn:
-            inspector = inspect(sa_conn)
-            tables: dict[str, TableShape] = {}
-            for name in inspector.get_table_names():
-                uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)}
-                foreign_keys = {
-                    ForeignKeyShape(
-                        name=str(fk["name"]),
-                        columns=tuple(fk["constrained_columns"]),
-                        referred_table=fk["referred_table"],
-                        referred_columns=tuple(fk["referred_columns"]),
-                        ondelete=normalize_ondelete(fk.get("options", {}).get("ondelete")),
-                    )
-                    for fk in inspector.get_foreign_keys(name)
-                }
-                indexes = {
-                    (str(ix["name"]), tuple(str(c) for c in ix["column_names"]), bool(ix["unique"]))
-                    for ix in inspector.get_indexes(name)
-                    if not ix.get("duplicates_constraint")
-                }
-                tables[name] = TableShape(
-                    columns=tuple(
-                        (c["name"], type_name(c["type"]), bool(c["nullable"]))
-                        for c in inspector.get_columns(name)
-                    ),
-                    primary_key=tuple(inspector.get_pk_constraint(name)["constrained_columns"]),
-                    uniques=frozenset(uniques),
-                    foreign_keys=frozenset(foreign_keys),
-                    checks=frozenset(str(c["name"]) for c in inspector.get_check_constraints(name)),
-                    indexes=frozenset(indexes),
-                )
-            enums = {str(e["name"]): tuple(e["labels"]) for e in inspector.get_enums()}
+            return _shape(sa_conn)
     finally:
         engine.dispose(close=False)
+
+
+def _shape(sa_conn: Any) -> SchemaShape:
+    """The schema as seen on ``sa_conn`` (a SQLAlchemy connection, in its transaction)."""
+    inspector = inspect(sa_conn)
+    tables: dict[str, TableShape] = {}
+    for name in inspector.get_table_names():
+        uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)}
+        foreign_keys = {
+            ForeignKeyShape(
+                name=str(fk["name"]),
+                columns=tuple(fk["constrained_columns"]),
+                referred_table=fk["referred_table"],
+                referred_columns=tuple(fk["referred_columns"]),
+                ondelete=normalize_ondelete(fk.get("options", {}).get("ondelete")),
+            )
+            for fk in inspector.get_foreign_keys(name)
+        }
+        indexes = {
+            (str(ix["name"]), tuple(str(c) for c in ix["column_names"]), bool(ix["unique"]))
+            for ix in inspector.get_indexes(name)
+            if not ix.get("duplicates_constraint")
+        }
+        tables[name] = TableShape(
+            columns=tuple(
+                (c["name"], type_name(c["type"]), bool(c["nullable"]))
+                for c in inspector.get_columns(name)
+            ),
+            primary_key=tuple(inspector.get_pk_constraint(name)["constrained_columns"]),
+            uniques=frozenset(uniques),
+            foreign_keys=frozenset(foreign_keys),
+            checks=frozenset(str(c["name"]) for c in inspector.get_check_constraints(name)),
+            indexes=frozenset(indexes),
+        )
+    enums = {str(e["name"]): tuple(e["labels"]) for e in inspector.get_enums()}
     return SchemaShape(tables=tables, enums=enums)
 
 
@@ -493,11 +505,14 @@ def verify_schema(dsn: SecretStr) -> None:
             problems = compare_schemas(describe_metadata(), actual)
             if not problems:
                 return
-            failure = DataError(
-                "the target's schema is not the RSOLV schema this project loads: "
-                + "; ".join(problems)
-            )
+            failure = _drift(problems)
     raise failure
+
+
+def _drift(problems: Sequence[str]) -> DataError:
+    return DataError(
+        "the target's schema is not the RSOLV schema this project loads: " + "; ".join(problems)
+    )
 
 
 # --- 3. loading ------------------------------------------------------------------
