@@ -1,7 +1,8 @@
 """Plan provisioning: the provision flow as a dry run against a local emulator.
 
 No cluster is needed: the Kubernetes API is the project's EMULATOR (an in-process HTTP
-server, not a cluster), Prefect runs on a temporary local server, and the staging
+server, not a cluster), Prefect runs on a temporary local server (``scripts/plan`` sees
+to it, whatever ``PREFECT_API_URL`` says), and the staging
 secrets are random values generated for this run unless ``RSOLV_SECRET_*`` variables
 are set. Point ``--kubeconfig`` at a real cluster to plan against it instead (still a
 dry run unless ``--apply`` is given).
