@@ -51,6 +51,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
+from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.schema import TABLE_NAMES
 from rsolv_staging.settings import load_topology
 from rsolv_staging.synthetic import make_plan
@@ -142,6 +143,13 @@ def generate_synthetic_data(
     logger = get_run_logger()
     # Validated before any connection: unknown table, negative scale, bad seed.
     plan = make_plan(seed=seed, scale=scale, as_of=as_of or datetime.now(UTC).date())
+    if mode == "truncate" and plan.total_rows == 0:
+        # Most likely a mistake (scale=0, {}), and staging's tables may hold the monthly
+        # production copy: emptying them takes asking for it in so many words.
+        raise ConfigurationError(
+            "scale gives no rows at all: in truncate mode the run would only empty "
+            "staging's RSOLV tables; give a scale above 0"
+        )
     production = load_topology().production.database
 
     dsn = resolve_dsn(target_dsn_secret)

@@ -525,8 +525,10 @@ def test_flow_loads_the_schema_and_reports_progress_and_rows(
         ({"scale": {"userz": 10}}, ConfigurationError, "userz"),
         ({"scale": -2.0}, ConfigurationError, "scale must be a finite number >= 0"),
         ({"seed": "abc"}, ParameterTypeError, "seed: Input should be a valid integer"),
+        ({"scale": 0}, ConfigurationError, "scale gives no rows at all"),
+        ({"scale": {}}, ConfigurationError, "scale gives no rows at all"),
     ],
-    ids=["unknown-table", "negative-scale", "seed-not-an-integer"],
+    ids=["unknown-table", "negative-scale", "seed-not-an-integer", "zero", "empty-mapping"],
 )
 def test_flow_refuses_bad_input_before_any_write(
     prefect_api: None,
