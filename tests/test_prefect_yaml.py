@@ -70,3 +70,13 @@ def test_prefect_deploy_all_registers_every_deployment(prefect_api: None) -> Non
         names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
     declared = {d["name"] for d in DEPLOYMENTS}
     assert declared <= {n.split("/", 1)[1] for n in names}
+
+
+def test_the_promotion_has_no_deployment_concurrency_limit() -> None:
+    """A deployment limit crashes a run that pauses: Prefect revokes the slot's lease at
+    the pause, and the engine's lease renewal (every 225 s, hard-wired in Prefect 3.9)
+    then cancels the waiting run. Measured with a served deployment whose flow pauses:
+    Crashed at 233 s with the limit, still Paused and then resumed without it. The wait
+    is too long for this suite, so the declaration is checked instead."""
+    (promotion,) = [d for d in DEPLOYMENTS if d["entrypoint"].endswith(":promote_to_production")]
+    assert "concurrency_limit" not in promotion
