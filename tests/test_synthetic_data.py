@@ -9,8 +9,12 @@ generator. Task bodies run through ``.fn``; two whole-flow runs use the Prefect 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -33,6 +37,7 @@ from flows.synthetic_data import (
 from rsolv_staging.environments import Database, topology_from_mapping
 from rsolv_staging.exceptions import ConfigurationError, GuardError
 from rsolv_staging.schema import TABLE_NAMES, compare_schemas, describe_metadata, metadata
+from rsolv_staging.settings import REPO_ROOT
 from rsolv_staging.synthetic import (
     BASE_ROWS,
     SyntheticPlan,
@@ -102,6 +107,35 @@ def test_bytes_depend_on_seed_scale_and_date_not_on_batch_size() -> None:
     ):
         changed = generated_sha256(other, batch_rows=50_000)
         assert all(changed[t] != reference[t] for t in TABLE_NAMES)
+
+
+def test_the_same_seed_gives_the_same_bytes_in_another_process() -> None:
+    """Reproducible across runs, not only within one: a fresh interpreter (with other
+    string hashing, and no pools cached from an earlier plan) generates the same bytes
+    as this process, after this one generated another seed first."""
+    make_plan(seed=12, scale=SMALL, as_of=AS_OF)  # something else first, in this process
+    generated_sha256(make_plan(seed=12, scale=SMALL, as_of=AS_OF), batch_rows=50_000)
+    here = generated_sha256(make_plan(seed=11, scale=SMALL, as_of=AS_OF), batch_rows=50_000)
+    script = (
+        "import hashlib, json\n"
+        "from datetime import date\n"
+        "from rsolv_staging.synthetic import generate_blocks, make_plan\n"
+        f"plan = make_plan(seed=11, scale={SMALL!r}, as_of=date(2025, 6, 3))\n"
+        "sums = {}\n"
+        "for block in generate_blocks(plan, batch_rows=777):\n"
+        "    sums.setdefault(block.table, hashlib.sha256()).update(block.data)\n"
+        "print(json.dumps({t: d.hexdigest() for t, d in sums.items()}))\n"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONHASHSEED": "4242"},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert json.loads(there.stdout) == here
 
 
 def test_a_scale_factor_keeps_the_parents_its_children_need() -> None:
