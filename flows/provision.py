@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.monitoring import ensure_matches_model
-from rsolv_staging.provisioning import staging_objects
+from rsolv_staging.provisioning import secret_namespace, staging_objects
 from rsolv_staging.reports import change_report, counts
 from rsolv_staging.settings import load_settings, load_topology
 from tasks.kube import (
@@ -88,12 +88,18 @@ def provision_staging(
 
     # Everything that can refuse the run happens before the first write.
     secrets = load_staging_secrets(topology)
-    production_fingerprints = retrying(read_secret_fingerprints, settings)(
-        [production.secret_name(spec) for spec in topology.secrets],
-        namespace=production.namespace,
-        cluster=production.cluster,
-        settings=settings,
-    )
+    # Each production secret where production keeps it: Grafana's with its monitoring
+    # stack, not with the apps (a secret not found has nothing to compare, silently).
+    where: dict[str, list[str]] = {}
+    for spec in topology.secrets:
+        where.setdefault(secret_namespace(production, spec), []).append(
+            production.secret_name(spec)
+        )
+    production_fingerprints: dict[str, dict[str, str]] = {}
+    for namespace, names in where.items():
+        production_fingerprints |= retrying(read_secret_fingerprints, settings)(
+            names, namespace=namespace, cluster=production.cluster, settings=settings
+        )
     ensure_not_production_values(topology, secrets, production_fingerprints)
     plain = {
         name: {key: value.get_secret_value() for key, value in keys.items()}

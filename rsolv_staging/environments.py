@@ -188,6 +188,13 @@ class Cluster(_Frozen):
         description="Pod and Service CIDRs (k3s defaults), excluded from internet egress so "
         "no NetworkPolicy's internet rule opens a path to another namespace",
     )
+    private_cidrs: tuple[str, ...] = Field(
+        # Node addresses live here: a NodePort, hostPort or hostNetwork pod of production
+        # on another node would otherwise be one hop away from every staging pod.
+        default=("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"),
+        description="Private networks (RFC 1918, CGNAT), also cut out of the apps' internet "
+        "egress: the nodes' addresses, and so other nodes' NodePorts, are in them",
+    )
 
     @field_validator("ingress_namespace", "dns_namespace")
     @classmethod

@@ -190,8 +190,10 @@ def _dns_egress(topology: Topology) -> dict[str, Any]:
 
 def _internet_egress(env: Environment) -> dict[str, Any]:
     # Third-party APIs (ConvertKit, payments, OAuth) are on the internet; the cluster's own
-    # ranges are cut out so this rule can never open a path into production.
-    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(env.cluster.internal_cidrs)}}]}
+    # ranges and the private networks its nodes sit on are cut out so this rule can never
+    # open a path into production (a pod, or a NodePort on a node's address).
+    cut = list(dict.fromkeys((*env.cluster.internal_cidrs, *env.cluster.private_cidrs)))
+    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": cut}}]}
 
 
 def _kube_api_egress(env: Environment) -> dict[str, Any]:

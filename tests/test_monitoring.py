@@ -554,6 +554,8 @@ def test_network_policies_let_prometheus_scrape_staging_and_keep_production_apar
         "10.42.3.3", STAGING.cluster.ingress_namespace, {"app": "traefik"}
     )
     api_server = Endpoint("192.168.1.10")  # a node's address, where k3s serves the API
+    other_node = Endpoint("192.168.1.11")  # production's NodePorts answer on every node
+    internet = Endpoint("52.1.2.3")  # a third-party API
 
     allowed = [
         (prometheus, staging_api, 4000),  # scraping
@@ -561,6 +563,7 @@ def test_network_policies_let_prometheus_scrape_staging_and_keep_production_apar
         (prometheus, alertmanager, 9093),
         (grafana, prometheus, 9090),
         (ingress_controller, grafana, 3000),
+        (staging_api, internet, 443),
     ]
     denied = [
         (prometheus, production_api, 4000),
@@ -573,6 +576,8 @@ def test_network_policies_let_prometheus_scrape_staging_and_keep_production_apar
         (production_api, grafana, 3000),
         (production_prometheus, prometheus, 9090),
         (staging_api, prometheus, 9090),
+        (staging_api, other_node, 30080),  # a production NodePort, via a node's address
+        (staging_api, api_server, 6443),
     ]
     assert [(s.ip, d.ip) for s, d, port in allowed if not _can_connect(policies, s, d, port)] == []
     assert [(s.ip, d.ip) for s, d, port in denied if _can_connect(policies, s, d, port)] == []

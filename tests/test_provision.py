@@ -155,9 +155,8 @@ def test_network_policies_keep_other_namespaces_out(
         for peer in rule["to"]
         if "ipBlock" in peer
     ]
-    assert internet == [
-        {"cidr": "0.0.0.0/0", "except": ["10.42.0.0/16", "10.43.0.0/16", "169.254.0.0/16"]}
-    ]
+    cut = ["10.42.0.0/16", "10.43.0.0/16", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12"]
+    assert internet == [{"cidr": "0.0.0.0/0", "except": [*cut, "192.168.0.0/16", "100.64.0.0/10"]}]
 
 
 def test_second_run_changes_nothing_and_says_so(
@@ -252,23 +251,32 @@ def test_missing_secret_fails_before_any_write(
     assert cluster.writes() == []
 
 
+@pytest.mark.parametrize(
+    ("secret", "key", "namespace"),
+    [
+        ("database", "password", "production"),
+        # Production keeps Grafana's credentials with its monitoring stack, not its apps.
+        ("monitoring", "grafana-admin-password", "monitoring"),
+    ],
+)
 def test_staging_secret_equal_to_production_fails_before_any_write(
-    cluster: KubeEmulator, secret_values: dict[str, str]
+    cluster: KubeEmulator, secret_values: dict[str, str], secret: str, key: str, namespace: str
 ) -> None:
-    """A staging password equal to production's is refused (by fingerprint), nothing written."""
-    reused = secret_values["staging-database-password"]
-    cluster.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "production"}})
+    """A staging credential equal to production's, wherever production keeps it, is
+    refused (by fingerprint), nothing written."""
+    reused = secret_values[f"staging-{secret}-{key}"]
+    cluster.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     cluster.seed(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "prod-database", "namespace": "production"},
-            "data": {"password": base64.b64encode(reused.encode()).decode()},
+            "metadata": {"name": f"prod-{secret}", "namespace": namespace},
+            "data": {key: base64.b64encode(reused.encode()).decode()},
         }
     )
     cluster.clear_log()
     with pytest.raises(
-        SecretError, match="staging-database/password equals prod-database/password"
+        SecretError, match=f"staging-{secret}/{key} equals prod-{secret}/{key}"
     ) as err:
         provision_staging()
     assert reused not in str(err.value)
