@@ -95,13 +95,18 @@ def ensure_not_production_values(
     Raises:
         SecretError: naming each reused secret key, never its value.
     """
+    # Any production credential, not only the same key of the counterpart: a staging
+    # OAuth secret that is production's payment key is shared all the same.
+    owners: dict[str, list[str]] = {}
+    for prod_name, keys in sorted(production.items()):
+        for key, print_ in sorted(keys.items()):
+            owners.setdefault(print_, []).append(f"{prod_name}/{key}")
     reused = []
     for spec in topology.secrets:
         staging_name = topology.staging.secret_name(spec)
-        prod_name = topology.production.secret_name(spec)
         for key, value in values.get(staging_name, {}).items():
-            if production.get(prod_name, {}).get(key) == fingerprint(value.get_secret_value()):
-                reused.append(f"{staging_name}/{key} equals {prod_name}/{key}")
+            for owner in owners.get(fingerprint(value.get_secret_value()), []):
+                reused.append(f"{staging_name}/{key} equals {owner}")
     if reused:
         raise SecretError(
             "staging must not share credentials with production (RFC 002 section 7), "

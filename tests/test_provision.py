@@ -252,19 +252,26 @@ def test_missing_secret_fails_before_any_write(
 
 
 @pytest.mark.parametrize(
-    ("secret", "key", "namespace"),
+    ("staging", "production", "namespace"),
     [
-        ("database", "password", "production"),
+        ("database/password", "database/password", "production"),
         # Production keeps Grafana's credentials with its monitoring stack, not its apps.
-        ("monitoring", "grafana-admin-password", "monitoring"),
+        ("monitoring/grafana-admin-password", "monitoring/grafana-admin-password", "monitoring"),
+        # Another credential of production's is shared all the same.
+        ("oauth/client-secret", "payment/api-key", "production"),
     ],
 )
 def test_staging_secret_equal_to_production_fails_before_any_write(
-    cluster: KubeEmulator, secret_values: dict[str, str], secret: str, key: str, namespace: str
+    cluster: KubeEmulator,
+    secret_values: dict[str, str],
+    staging: str,
+    production: str,
+    namespace: str,
 ) -> None:
-    """A staging credential equal to production's, wherever production keeps it, is
-    refused (by fingerprint), nothing written."""
-    reused = secret_values[f"staging-{secret}-{key}"]
+    """A staging credential equal to one of production's, wherever production keeps it,
+    is refused (by fingerprint), nothing written."""
+    reused = secret_values["staging-" + staging.replace("/", "-")]
+    secret, key = production.split("/")
     cluster.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     cluster.seed(
         {
@@ -275,9 +282,7 @@ def test_staging_secret_equal_to_production_fails_before_any_write(
         }
     )
     cluster.clear_log()
-    with pytest.raises(
-        SecretError, match=f"staging-{secret}/{key} equals prod-{secret}/{key}"
-    ) as err:
+    with pytest.raises(SecretError, match=f"staging-{staging} equals prod-{production}") as err:
         provision_staging()
     assert reused not in str(err.value)
     assert cluster.writes() == []
