@@ -139,7 +139,7 @@ def deploy(
     if run_smoke_tests:
         # A missing or wrong checks file is found now, not after the rollout (which it
         # would roll back for nothing).
-        checks_for(target, smoke_checks_file)
+        checks_for(topology, environment, smoke_checks_file)
 
     stubs = {app: _deployment_stub(app, target.namespace) for app in target.apps}
     running = retrying(read_objects, settings)(

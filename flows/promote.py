@@ -128,7 +128,7 @@ def promote_to_production(
     staging, production = topology.staging, topology.production
     # Production's smoke checks are read now: a wrong file found only after the approval
     # would roll production out and back for nothing.
-    checks_for(production, smoke_checks_file)
+    checks_for(topology, "production", smoke_checks_file)
 
     # 1. Freeze windows and who may decide: refused before anything is read or asked.
     # The calendar is the operator's (a setting), never the requester's (a parameter).

@@ -95,7 +95,7 @@ async def smoke_test(
     """
     logger = get_run_logger()
     topology = load_topology(Path(environments_file) if environments_file else None)
-    checks = checks_for(topology.environment(environment), checks_file)
+    checks = checks_for(topology, environment, checks_file)
 
     if images:
         logger.info("testing %s", ", ".join(f"{a}={r}" for a, r in sorted(images.items())))

@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from rsolv_staging.environments import Environment, EnvironmentName
+from rsolv_staging.environments import Environment, EnvironmentName, Topology
 from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.settings import REPO_ROOT
 
@@ -391,12 +391,16 @@ def _describe(exc: ValidationError, source: str, checks: Any) -> str:
     return f"invalid checks file {source}: " + "; ".join(lines)
 
 
-def render_checks(suite: CheckSuite, env: Environment) -> tuple[Check, ...]:
+def render_checks(
+    suite: CheckSuite, env: Environment, *, other: Environment | None = None
+) -> tuple[Check, ...]:
     """The suite's checks with their URL templates filled from ``env``.
 
     Raises:
-        ConfigurationError: the suite is for another environment than ``env``; running
-            production's checks with staging's domains (or the reverse) proves nothing.
+        ConfigurationError: the suite is for another environment than ``env``, or a check
+            aims at a host under ``other``'s domain; running production's checks with
+            staging's domains (or the reverse) proves nothing, and a staging check that
+            tests production would vouch for staging with production's health.
     """
     if suite.environment != env.name:
         raise ConfigurationError(
@@ -404,15 +408,34 @@ def render_checks(suite: CheckSuite, env: Environment) -> tuple[Check, ...]:
             f"{env.name} checks file"
         )
     values = template_fields(env)
-    return tuple(c.model_copy(update={"url": fill_url(c.url, values)}) for c in suite.checks)
+    checks = tuple(c.model_copy(update={"url": fill_url(c.url, values)}) for c in suite.checks)
+    if other is not None:
+        for check in checks:
+            host = (urlsplit(check.url).hostname or "").rstrip(".").lower()
+            # Staging's domain may itself hang off production's: its own hosts stay fine.
+            if _under(host, other.domain) and not _under(host, env.domain):
+                raise ConfigurationError(
+                    f"check {check.name!r} aims at {host}, under {other.name}'s domain: "
+                    f"{env.name}'s smoke tests must test {env.name}"
+                )
+    return checks
 
 
-def checks_for(env: Environment, checks_file: str | Path | None = None) -> tuple[Check, ...]:
-    """``env``'s checks: ``checks_file``, or ``data/smoke/<environment>.yaml``, read,
-    validated and filled in (the errors of :func:`load_checks` and :func:`render_checks`).
+def _under(host: str, domain: str) -> bool:
+    return host == domain or host.endswith("." + domain)
+
+
+def checks_for(
+    topology: Topology, environment: str, checks_file: str | Path | None = None
+) -> tuple[Check, ...]:
+    """``environment``'s checks: ``checks_file``, or ``data/smoke/<environment>.yaml``,
+    read, validated and filled in (the errors of :func:`load_checks` and
+    :func:`render_checks`; a check aimed at the other environment is refused).
     """
+    env = topology.environment(environment)
+    other = topology.production if env is topology.staging else topology.staging
     path = Path(checks_file) if checks_file else default_checks_file(env.name)
-    return render_checks(load_checks(path), env)
+    return render_checks(load_checks(path), env, other=other)
 
 
 # --------------------------------------------------------------------------- results

@@ -26,6 +26,7 @@ from rsolv_staging.smoke import (
     CheckResult,
     SmokeReport,
     WarmupPolicy,
+    checks_for,
     default_checks_file,
     json_equal,
     json_path_get,
@@ -146,6 +147,27 @@ def test_checks_for_another_environment_are_refused() -> None:
     suite = load_checks(default_checks_file("production"))
     with pytest.raises(ConfigurationError, match="checks are for 'production', not 'staging'"):
         render_checks(suite, default_topology().staging)
+
+
+def test_a_check_aimed_at_the_other_environment_is_refused(tmp_path: Path) -> None:
+    """A staging file with production's URL written out would pass staging's smoke test
+    on production's health, and the promotion would trust that pass."""
+    topology = default_topology()
+    file = tmp_path / "staging.yaml"
+    for url, refused in (
+        (f"https://api.{topology.production.domain}/api/health", True),
+        (f"https://{topology.production.domain.upper()}./", True),
+        (f"https://{topology.staging.api_domain}/api/health", False),
+        ("http://127.0.0.1:8080/", False),
+    ):
+        file.write_text(
+            yaml.safe_dump({"environment": "staging", "checks": [{"name": "api", "url": url}]})
+        )
+        if refused:
+            with pytest.raises(ConfigurationError, match="under production's domain"):
+                checks_for(topology, "staging", file)
+        else:
+            assert [c.url for c in checks_for(topology, "staging", file)] == [url]
 
 
 GOOD = {"name": "api-health", "url": "https://{api_domain}/api/health"}
