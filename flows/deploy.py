@@ -67,6 +67,7 @@ from tasks.kube import (
     ObjectChange,
     RolloutResult,
     apply_objects,
+    preview_prune,
     prune_objects,
     read_objects,
     restore_objects,
@@ -233,13 +234,21 @@ def deploy(
             reason += f"; the rollback itself failed ({type(exc).__name__}: {exc})"
     else:
         result = "succeeded"
+        keep = [object_key(o) for o in objects]
         try:
+            # The deletions are fixed before the first attempt (for production, by its
+            # approver), so a retried prune still reports what its first attempt deleted.
+            deletions = approved_deletions
+            if deletions is None:
+                deletions = retrying(preview_prune, settings)(
+                    keep, namespace=target.namespace, cluster=cluster, settings=settings
+                )
             pruned = retrying(prune_objects, settings)(
-                [object_key(o) for o in objects],
+                keep,
                 namespace=target.namespace,
                 cluster=cluster,
                 settings=settings,
-                only=approved_deletions,
+                only=deletions,
             )
         except Exception as exc:
             # The new digests are live and tested: the deploy stands, and says so.

@@ -286,6 +286,28 @@ def test_a_prune_that_fails_leaves_the_deploy_standing_and_says_so(
     assert "pruning failed" in record
 
 
+def test_a_retried_prune_reports_what_its_first_attempt_deleted(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """The first attempt deletes the stale ConfigMap, then the API answers 503 on the
+    stale Service; the retry deletes the Service. The report lists both, not only the
+    retry's own deletion."""
+    staging.seed(app_config_map("old-feature-flags", "staging"))
+    stale_service = {**app_config_map("old-api", "staging"), "kind": "Service"}
+    staging.seed({**stale_service, "spec": {"ports": [{"port": 80}]}})
+    staging.inject_faults(503, methods=["DELETE"], path_contains="/services/old-api")
+    report = deploy(images=images(GOOD), smoke_checks_file=checks_file(tmp_path, app_server))
+    assert report.result == "succeeded"
+    assert report.reason == ""
+    assert sorted(report.pruned) == [
+        "ConfigMap/staging/old-feature-flags",
+        "Service/staging/old-api",
+    ]
+    assert [r.fault for r in staging.requests() if r.method == "DELETE"] == [None, "503", None]
+    assert staging.get("v1", "ConfigMap", "old-feature-flags", "staging") is None
+    assert staging.get("v1", "Service", "old-api", "staging") is None
+
+
 class _Hook(BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
 
