@@ -206,9 +206,13 @@ def deploy(
         by_key = {object_key(o): o for o in objects}
         result: Literal["succeeded", "rolled back", "failed"] = "failed"
         try:
-            rollback = retrying(restore_objects, settings)(
-                before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
-            )
+            try:
+                rollback = retrying(restore_objects, settings)(
+                    before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
+                )
+            except StagingError as exc:
+                rollback = list(exc.done)  # what its last attempt had put back
+                raise
             restored = [
                 wait_for_rollout(
                     app,
@@ -230,7 +234,6 @@ def deploy(
         except Exception as exc:
             # Still recorded and notified below: the environment is half rolled back, and
             # the message lists what was put back before the failure.
-            rollback = list(exc.done) if isinstance(exc, StagingError) else []
             reason += f"; the rollback itself failed ({type(exc).__name__}: {exc})"
     else:
         result = "succeeded"

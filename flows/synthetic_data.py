@@ -81,7 +81,10 @@ Scale = Annotated[
 ]
 AsOf = Annotated[
     date | None,
-    Field(description="Every timestamp lies before this day (UTC); default: today"),
+    Field(
+        description="Every event lies before this day (UTC; a subscription's current "
+        "period end may lie after it); default: today"
+    ),
 ]
 Mode = Annotated[
     Literal["truncate", "append"],

@@ -412,8 +412,7 @@ def render_checks(
     if other is not None:
         for check in checks:
             host = (urlsplit(check.url).hostname or "").rstrip(".").lower()
-            # Staging's domain may itself hang off production's: its own hosts stay fine.
-            if _under(host, other.domain) and not _under(host, env.domain):
+            if _owner(host, env, other) is other:
                 raise ConfigurationError(
                     f"check {check.name!r} aims at {host}, under {other.name}'s domain: "
                     f"{env.name}'s smoke tests must test {env.name}"
@@ -421,8 +420,11 @@ def render_checks(
     return checks
 
 
-def _under(host: str, domain: str) -> bool:
-    return host == domain or host.endswith("." + domain)
+def _owner(host: str, *envs: Environment) -> Environment | None:
+    """The environment whose domain ``host`` is under; the more specific domain wins
+    (staging's domain may hang off production's, or the reverse)."""
+    under = [e for e in envs if host == e.domain or host.endswith("." + e.domain)]
+    return max(under, key=lambda e: len(e.domain), default=None)
 
 
 def checks_for(

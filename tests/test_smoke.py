@@ -18,12 +18,13 @@ import pytest
 import yaml
 
 from flows.smoke_test import artifact_key, smoke_test
-from rsolv_staging.environments import EnvironmentName, default_topology
+from rsolv_staging.environments import EnvironmentName, default_topology, topology_from_mapping
 from rsolv_staging.exceptions import ConfigurationError, SmokeTestFailed
 from rsolv_staging.smoke import (
     MISSING,
     Check,
     CheckResult,
+    CheckSuite,
     SmokeReport,
     WarmupPolicy,
     checks_for,
@@ -168,6 +169,38 @@ def test_a_check_aimed_at_the_other_environment_is_refused(tmp_path: Path) -> No
                 checks_for(topology, "staging", file)
         else:
             assert [c.url for c in checks_for(topology, "staging", file)] == [url]
+
+
+@pytest.mark.parametrize(
+    ("staging_domain", "production_domain"),
+    [("staging.rsolv.dev", "rsolv.dev"), ("rsolv-staging.com", "prod.rsolv-staging.com")],
+)
+def test_nested_domains_belong_to_the_more_specific_one(
+    staging_domain: str, production_domain: str
+) -> None:
+    """When one environment's domain hangs off the other's, each host belongs to the
+    more specific domain: neither environment's checks may aim at the other's hosts."""
+    topology = topology_from_mapping(
+        {"staging": {"domain": staging_domain}, "production": {"domain": production_domain}}
+    )
+    for env, other in (
+        (topology.staging, topology.production),
+        (topology.production, topology.staging),
+    ):
+        mine = CheckSuite.model_validate(
+            {"environment": env.name, "checks": [{"name": "own", "url": "https://{api_domain}/"}]}
+        )
+        assert [c.url for c in render_checks(mine, env, other=other)] == [
+            f"https://api.{env.domain}/"
+        ]
+        theirs = CheckSuite.model_validate(
+            {
+                "environment": env.name,
+                "checks": [{"name": "x", "url": f"https://api.{other.domain}/"}],
+            }
+        )
+        with pytest.raises(ConfigurationError, match=f"under {other.name}'s domain"):
+            render_checks(theirs, env, other=other)
 
 
 GOOD = {"name": "api-health", "url": "https://{api_domain}/api/health"}

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -176,17 +177,24 @@ _URI_SCHEME = ("postgresql://", "postgres://")
 
 
 def _misencoded_uri(dsn: str) -> bool:
-    """Whether a URI DSN has '@', '/' or '?' unencoded in its user info.
+    """Whether a URI DSN has '@' or '/' unencoded in its user info.
 
-    libpq then takes part of the password for the host, port or database name, where no
-    redaction knows to look for it: messages naming the target would print it. A base64
-    password holds '/' often enough for this to matter.
+    libpq ends the user info at the first '@' or '/'. A '/' in the password then leaves
+    no user info at all, and the password is read as host, port and database; an '@'
+    cuts it there, and the rest is read as the host. Either way messages that name the
+    target would print it, and no redaction knows to look there. Detected the way libpq
+    reads: an '@' left in the host (after the user info) or in the database path (no
+    user info). A base64 password holds '/' often enough for this to matter.
     """
     if not dsn.lower().startswith(_URI_SCHEME):
         return False
     rest = dsn.split("://", 1)[1]
-    at = rest.rfind("@")
-    return at >= 0 and (rest.count("@") > 1 or any(c in rest[:at] for c in "/?"))
+    stop = next((i for i, c in enumerate(rest) if c in "@/"), len(rest))
+    if stop < len(rest) and rest[stop] == "@":  # user info, then the host
+        return "@" in re.split(r"[/?]", rest[stop + 1 :], maxsplit=1)[0]
+    host = re.split(r"[/?]", rest, maxsplit=1)[0]
+    path = rest[len(host) :].split("?", 1)[0]  # the database name; the query may hold '@'
+    return "@" in path
 
 
 def parse_target(dsn: SecretStr) -> Target:
@@ -198,10 +206,10 @@ def parse_target(dsn: SecretStr) -> Target:
     """
     if _misencoded_uri(dsn.get_secret_value()):
         raise ConfigurationError(
-            "the database DSN is a URI with '@', '/' or '?' unencoded before its host (in "
-            "the password, say): libpq would read part of it as the host, port or "
-            "database. Percent-encode them (%40, %2F, %3F); the text is not shown "
-            "because it holds a password"
+            "the database DSN is a URI with '@' or '/' unencoded in its user info (in the "
+            "password, say): libpq would read part of it as the host, port or database. "
+            "Percent-encode them (%40, %2F); the text is not shown because it holds a "
+            "password"
         )
     try:
         params = conninfo_to_dict(dsn.get_secret_value())
