@@ -41,11 +41,14 @@ Run it: ``python -m flows.deploy --image rsolv-api=ghcr.io/...@sha256:...``, or 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
@@ -58,7 +61,7 @@ from rsolv_staging.deployments import (
     objects_fingerprint,
     resolve_images,
 )
-from rsolv_staging.exceptions import GuardError, SmokeTestFailed, StagingError
+from rsolv_staging.exceptions import GuardError, LockTimeout, SmokeTestFailed, StagingError
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.settings import load_settings, load_topology
@@ -77,8 +80,10 @@ from tasks.kube import (
 )
 from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
-from tasks.prefect_api import verify_approval
+from tasks.prefect_api import ensure_concurrency_limit, verify_approval
 from tasks.reports import publish_table
+
+STAGING_LOCK = "staging-deploy"  # a global concurrency limit, created on first use
 
 
 class DeployReport(BaseModel):
@@ -158,63 +163,17 @@ def deploy(
             "manifests or the environment model changed since); nothing was applied"
         )
 
-    before = retrying(read_objects, settings)(objects, cluster=cluster, settings=settings)
-    changes: list[ObjectChange] = []
-    try:
-        applied = retrying(apply_objects, settings)(objects, cluster=cluster, settings=settings)
-        changes = summarize(objects, before, applied)
-        rollouts = [
-            wait_for_rollout.submit(
-                app,
-                namespace=target.namespace,
-                deadline_seconds=rollout_deadline_seconds,
-                cluster=cluster,
-                settings=settings,
-            )
-            for app in target.apps
-        ]
-        failed = [r for r in (f.result() for f in rollouts) if not r.ready]
-        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
-        if not failed and run_smoke_tests:
-            try:
-                # smoke_test is an async flow: called from this sync flow it returns a
-                # coroutine that would never run unless driven to completion here.
-                # The digests go with the run: promotion trusts a pass only for them.
-                tested = {app: str(ref) for app, ref in refs.items()}
-                run_coro_as_sync(
-                    smoke_test(
-                        environment=environment,
-                        checks_file=smoke_checks_file,
-                        images=tested,
-                        environments_file=environments_file,
-                    )
-                )
-            except SmokeTestFailed as exc:
-                reason = f"smoke tests failed after the rollout: {exc}"
-    except Exception as exc:
-        # Anything else (an apply failing on object N, a crashed watch or smoke run):
-        # we cannot know what was written, so every object goes back to its snapshot.
-        reason = f"{type(exc).__name__}: {exc}"
-        changes = [ObjectChange(key=object_key(o), action="change") for o in objects]
-
-    rollback: list[str] = []
-    pruned: list[str] = []
-    note = ""
-    if reason:
-        logger.error("deploy to %s failed, rolling back: %s", environment, reason)
-        touched = [c.key for c in changes if c.action != "unchanged"]
-        by_key = {object_key(o): o for o in objects}
-        result: Literal["succeeded", "rolled back", "failed"] = "failed"
+    # One deploy to an environment at a time. Production's lock is the promotion's;
+    # staging's is taken here (a flow-level lock, not the deployment's limit, whose lease
+    # loss would cancel a deploy halfway through its apply, with no rollback).
+    with _one_at_a_time(environment, rollout_deadline_seconds * 4):
+        before = retrying(read_objects, settings)(objects, cluster=cluster, settings=settings)
+        changes: list[ObjectChange] = []
         try:
-            try:
-                rollback = retrying(restore_objects, settings)(
-                    before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
-                )
-            except StagingError as exc:
-                rollback = list(exc.done)  # what its last attempt had put back
-                raise
-            restored = [
-                wait_for_rollout(
+            applied = retrying(apply_objects, settings)(objects, cluster=cluster, settings=settings)
+            changes = summarize(objects, before, applied)
+            rollouts = [
+                wait_for_rollout.submit(
                     app,
                     namespace=target.namespace,
                     deadline_seconds=rollout_deadline_seconds,
@@ -222,82 +181,167 @@ def deploy(
                     settings=settings,
                 )
                 for app in target.apps
-                if before.get(object_key(stubs[app])) is not None
-                and object_key(stubs[app]) in touched
             ]
-            if all(r.ready for r in restored):
-                result = "rolled back"
-            else:
-                reason += "; the rollback did not become ready either: " + "; ".join(
-                    _describe(r) for r in restored if not r.ready
-                )
+            failed = [r for r in (f.result() for f in rollouts) if not r.ready]
+            reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+            if not failed and run_smoke_tests:
+                try:
+                    # smoke_test is an async flow: called from this sync flow it returns a
+                    # coroutine that would never run unless driven to completion here.
+                    # The digests go with the run: promotion trusts a pass only for them.
+                    tested = {app: str(ref) for app, ref in refs.items()}
+                    run_coro_as_sync(
+                        smoke_test(
+                            environment=environment,
+                            checks_file=smoke_checks_file,
+                            images=tested,
+                            environments_file=environments_file,
+                        )
+                    )
+                except SmokeTestFailed as exc:
+                    reason = f"smoke tests failed after the rollout: {exc}"
         except Exception as exc:
-            # Still recorded and notified below: the environment is half rolled back, and
-            # the message lists what was put back before the failure.
-            reason += f"; the rollback itself failed ({type(exc).__name__}: {exc})"
-    else:
-        result = "succeeded"
-        keep = [object_key(o) for o in objects]
-        try:
-            # The deletions are fixed before the first attempt (for production, by its
-            # approver), so a retried prune still reports what its first attempt deleted.
-            deletions = approved_deletions
-            if deletions is None:
-                deletions = retrying(preview_prune, settings)(
-                    keep, namespace=target.namespace, cluster=cluster, settings=settings
-                )
-            pruned = retrying(prune_objects, settings)(
-                keep,
-                namespace=target.namespace,
-                cluster=cluster,
-                settings=settings,
-                only=deletions,
-            )
-        except Exception as exc:
-            # The new digests are live and tested: the deploy stands, and says so.
-            pruned = list(exc.done) if isinstance(exc, StagingError) else []
-            note = f"pruning failed, the next deploy prunes again ({type(exc).__name__}: {exc})"
-            logger.warning("deploy to %s: %s", environment, note)
-    said = reason or note  # what the record, the notification and the report say
-    if result == "failed":  # half rolled back: whoever picks it up needs what was put back
-        said += f". Undone before the failure: {', '.join(rollback) or 'nothing'}"
+            # Anything else (an apply failing on object N, a crashed watch or smoke run):
+            # we cannot know what was written, so every object goes back to its snapshot.
+            reason = f"{type(exc).__name__}: {exc}"
+            changes = [ObjectChange(key=object_key(o), action="change") for o in objects]
 
-    finished = datetime.now(UTC)
-    records = [
-        DeploymentRecord(
+        rollback: list[str] = []
+        pruned: list[str] = []
+        note = ""
+        if reason:
+            logger.error("deploy to %s failed, rolling back: %s", environment, reason)
+            touched = [c.key for c in changes if c.action != "unchanged"]
+            by_key = {object_key(o): o for o in objects}
+            result: Literal["succeeded", "rolled back", "failed"] = "failed"
+            try:
+                try:
+                    rollback = retrying(restore_objects, settings)(
+                        before, keys=touched, stubs=by_key, cluster=cluster, settings=settings
+                    )
+                except StagingError as exc:
+                    rollback = list(exc.done)  # what its last attempt had put back
+                    raise
+                restored = [
+                    wait_for_rollout(
+                        app,
+                        namespace=target.namespace,
+                        deadline_seconds=rollout_deadline_seconds,
+                        cluster=cluster,
+                        settings=settings,
+                    )
+                    for app in target.apps
+                    if before.get(object_key(stubs[app])) is not None
+                    and object_key(stubs[app]) in touched
+                ]
+                if all(r.ready for r in restored):
+                    result = "rolled back"
+                else:
+                    reason += "; the rollback did not become ready either: " + "; ".join(
+                        _describe(r) for r in restored if not r.ready
+                    )
+            except Exception as exc:
+                # Still recorded and notified below: the environment is half rolled back, and
+                # the message lists what was put back before the failure.
+                reason += f"; the rollback itself failed ({type(exc).__name__}: {exc})"
+        else:
+            result = "succeeded"
+            keep = [object_key(o) for o in objects]
+            try:
+                # The deletions are fixed before the first attempt (for production, by its
+                # approver), so a retried prune still reports what its first attempt deleted.
+                deletions = approved_deletions
+                if deletions is None:
+                    deletions = retrying(preview_prune, settings)(
+                        keep, namespace=target.namespace, cluster=cluster, settings=settings
+                    )
+                pruned = retrying(prune_objects, settings)(
+                    keep,
+                    namespace=target.namespace,
+                    cluster=cluster,
+                    settings=settings,
+                    only=deletions,
+                )
+            except Exception as exc:
+                # The new digests are live and tested: the deploy stands, and says so.
+                pruned = list(exc.done) if isinstance(exc, StagingError) else []
+                note = f"pruning failed, the next deploy prunes again ({type(exc).__name__}: {exc})"
+                logger.warning("deploy to %s: %s", environment, note)
+        said = reason or note  # what the record, the notification and the report say
+        if result == "failed":  # half rolled back: whoever picks it up needs what was put back
+            said += f". Undone before the failure: {', '.join(rollback) or 'nothing'}"
+
+        finished = datetime.now(UTC)
+        records = [
+            DeploymentRecord(
+                environment=environment,
+                app=app,
+                digest=str(refs[app]),
+                previous_digest=live_image(live_apps[app]),
+                trigger=trigger,
+                started=started,
+                finished=finished,
+                result=result,
+                reason=said,
+            )
+            for app in target.apps
+        ]
+        publish_table(
+            f"deployments-{environment}",
+            [r.row() for r in records],
+            description=f"Deployment to {environment}: {result}",
+        )
+        summary = ", ".join(f"{r.app} {refs[r.app].short}" for r in records)
+        notify(f"{environment}: deploy {result}", f"{summary} ({trigger}). {said}".strip())
+        report = DeployReport(
             environment=environment,
-            app=app,
-            digest=str(refs[app]),
-            previous_digest=live_image(live_apps[app]),
-            trigger=trigger,
-            started=started,
-            finished=finished,
             result=result,
+            records=records,
+            changes=changes,
+            pruned=pruned,
+            rollback=rollback,
             reason=said,
         )
-        for app in target.apps
-    ]
-    publish_table(
-        f"deployments-{environment}",
-        [r.row() for r in records],
-        description=f"Deployment to {environment}: {result}",
-    )
-    summary = ", ".join(f"{r.app} {refs[r.app].short}" for r in records)
-    notify(f"{environment}: deploy {result}", f"{summary} ({trigger}). {said}".strip())
-    report = DeployReport(
-        environment=environment,
-        result=result,
-        records=records,
-        changes=changes,
-        pruned=pruned,
-        rollback=rollback,
-        reason=said,
-    )
-    if reason:
-        undone = ", ".join(rollback) or "nothing"
-        raise DeployFailed(f"deploy to {environment} {result}: {reason}. Undone: {undone}")
-    logger.info("deployed to %s: %s", environment, summary)
-    return report
+        if reason:
+            undone = ", ".join(rollback) or "nothing"
+            raise DeployFailed(f"deploy to {environment} {result}: {reason}. Undone: {undone}")
+        logger.info("deployed to %s: %s", environment, summary)
+        return report
+
+
+@contextmanager
+def _one_at_a_time(environment: str, wait_seconds: float) -> Iterator[None]:
+    """Hold ``staging-deploy`` while deploying to staging (production: the caller's).
+
+    Strict, so a missing limit is an error rather than an open door; a lease renewal
+    that fails mid-deploy does not stop it halfway.
+
+    Raises:
+        LockTimeout: another deploy held the lock for ``wait_seconds``; nothing was
+            written.
+    """
+    if environment != "staging":
+        yield
+        return
+    ensure_concurrency_limit(STAGING_LOCK)
+    held = False
+    try:
+        with concurrency(
+            STAGING_LOCK,
+            occupy=1,
+            timeout_seconds=wait_seconds,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ):
+            held = True
+            yield
+    except TimeoutError:
+        if held:  # the deploy's own, not the wait for the lock
+            raise
+        raise LockTimeout(
+            f"another deploy to staging held {STAGING_LOCK!r} for {wait_seconds:.0f}s; "
+            "nothing was applied"
+        ) from None
 
 
 def _describe(result: RolloutResult) -> str:

@@ -77,3 +77,8 @@ class DataError(StagingError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class LockTimeout(StagingError):
+    """Another run held a lock this run needs for longer than it may wait; nothing was
+    changed."""

@@ -15,13 +15,15 @@ from typing import Any, ClassVar
 import pytest
 from kubernetes import config, dynamic
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.concurrency.sync import concurrency
 
-from flows.deploy import deploy
+from flows.deploy import STAGING_LOCK, deploy
 from rsolv_staging.deployments import DeployFailed
-from rsolv_staging.exceptions import ConfigurationError, GuardError
+from rsolv_staging.exceptions import ConfigurationError, GuardError, LockTimeout
 from rsolv_staging.fields import applied_configuration
 from rsolv_staging.kube_emulator import KubeEmulator
 from tasks.manifests import DEPLOYMENTS
+from tasks.prefect_api import ensure_concurrency_limit
 from tests.plugins.http import Server
 from tests.plugins.releases import (
     API,
@@ -284,6 +286,25 @@ def test_a_prune_that_fails_leaves_the_deploy_standing_and_says_so(
     record = latest_artifact("deployments-staging")
     assert "succeeded" in record
     assert "pruning failed" in record
+
+
+def test_a_deploy_waits_for_the_one_running_then_gives_up_untouched(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """Another deploy to staging holds ``staging-deploy``: this one waits 4x its rollout
+    deadline, then fails saying so, having written nothing; once the lock is free, it
+    deploys."""
+    checks = checks_file(tmp_path, app_server)
+    ensure_concurrency_limit.fn(STAGING_LOCK)
+    with concurrency(STAGING_LOCK, occupy=1, strict=True):  # the other deploy
+        started = time.monotonic()
+        with pytest.raises(LockTimeout, match="another deploy to staging held"):
+            deploy(images=images(GOOD), rollout_deadline_seconds=0.5, smoke_checks_file=checks)
+        waited = time.monotonic() - started
+    assert 2 <= waited < 15
+    assert staging.writes() == []
+    report = deploy(images=images(GOOD), rollout_deadline_seconds=3, smoke_checks_file=checks)
+    assert report.result == "succeeded"
 
 
 def test_a_retried_prune_reports_what_its_first_attempt_deleted(
