@@ -41,14 +41,12 @@ Run it: ``python -m flows.deploy --image rsolv-api=ghcr.io/...@sha256:...``, or 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
@@ -61,7 +59,7 @@ from rsolv_staging.deployments import (
     objects_fingerprint,
     resolve_images,
 )
-from rsolv_staging.exceptions import GuardError, LockTimeout, SmokeTestFailed, StagingError
+from rsolv_staging.exceptions import GuardError, SmokeTestFailed, StagingError
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.provisioning import object_key
 from rsolv_staging.settings import load_settings, load_topology
@@ -80,7 +78,7 @@ from tasks.kube import (
 )
 from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
-from tasks.prefect_api import ensure_concurrency_limit, verify_approval
+from tasks.prefect_api import exclusive, verify_approval
 from tasks.reports import publish_table
 
 STAGING_LOCK = "staging-deploy"  # a global concurrency limit, created on first use
@@ -166,7 +164,14 @@ def deploy(
     # One deploy to an environment at a time. Production's lock is the promotion's;
     # staging's is taken here (a flow-level lock, not the deployment's limit, whose lease
     # loss would cancel a deploy halfway through its apply, with no rollback).
-    with _one_at_a_time(environment, rollout_deadline_seconds * 4):
+    lock = (
+        exclusive(
+            STAGING_LOCK, wait_seconds=rollout_deadline_seconds * 4, holder="deploy to staging"
+        )
+        if environment == "staging"
+        else nullcontext()
+    )
+    with lock:
         before = retrying(read_objects, settings)(objects, cluster=cluster, settings=settings)
         changes: list[ObjectChange] = []
         try:
@@ -307,41 +312,6 @@ def deploy(
             raise DeployFailed(f"deploy to {environment} {result}: {reason}. Undone: {undone}")
         logger.info("deployed to %s: %s", environment, summary)
         return report
-
-
-@contextmanager
-def _one_at_a_time(environment: str, wait_seconds: float) -> Iterator[None]:
-    """Hold ``staging-deploy`` while deploying to staging (production: the caller's).
-
-    Strict, so a missing limit is an error rather than an open door; a lease renewal
-    that fails mid-deploy does not stop it halfway.
-
-    Raises:
-        LockTimeout: another deploy held the lock for ``wait_seconds``; nothing was
-            written.
-    """
-    if environment != "staging":
-        yield
-        return
-    ensure_concurrency_limit(STAGING_LOCK)
-    held = False
-    try:
-        with concurrency(
-            STAGING_LOCK,
-            occupy=1,
-            timeout_seconds=wait_seconds,
-            strict=True,
-            raise_on_lease_renewal_failure=False,
-        ):
-            held = True
-            yield
-    except TimeoutError:
-        if held:  # the deploy's own, not the wait for the lock
-            raise
-        raise LockTimeout(
-            f"another deploy to staging held {STAGING_LOCK!r} for {wait_seconds:.0f}s; "
-            "nothing was applied"
-        ) from None
 
 
 def _describe(result: RolloutResult) -> str:

@@ -46,7 +46,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
-from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
@@ -55,7 +54,7 @@ from pydantic import BaseModel
 
 from flows.deploy import DeployReport, deploy
 from rsolv_staging.deployments import DeployFailed, objects_fingerprint, resolve_images
-from rsolv_staging.exceptions import ConfigurationError, GuardError, StagingError
+from rsolv_staging.exceptions import ConfigurationError, GuardError, LockTimeout, StagingError
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.promotion import (
     AuditRecord,
@@ -80,7 +79,7 @@ from tasks.kube import (
 from tasks.manifests import DEPLOYMENTS, render_overlay
 from tasks.notify import notify
 from tasks.prefect_api import (
-    ensure_concurrency_limit,
+    exclusive,
     read_approvers,
     read_last_smoke_run,
     record_audit,
@@ -278,22 +277,15 @@ def promote_to_production(
     if late is not None and freeze is None:
         record.freeze_override = f"{late.name}: {freeze_override_reason}"
     record.decision = "approved"
-    # One production change at a time: several promotions can wait at the gate together
-    # (Prefect frees a deployment's slot while a run is paused), so the apply itself holds
-    # a global lock, and what the approver saw must still be what production is.
-    ensure_concurrency_limit(PRODUCTION_LOCK)
-    held = False
+    # One production change at a time: several promotions can wait at the gate together,
+    # so the apply itself holds a global lock, and what the approver saw must still be
+    # what production is.
     try:
-        # strict: a missing limit is an error, not an open door; a lease renewal that
-        # fails mid-deploy must not stop it halfway (the apply is already under way).
-        with concurrency(
+        with exclusive(
             PRODUCTION_LOCK,
-            occupy=1,
-            timeout_seconds=rollout_deadline_seconds * 4,
-            strict=True,
-            raise_on_lease_renewal_failure=False,
+            wait_seconds=rollout_deadline_seconds * 4,
+            holder="production change",
         ):
-            held = True
             now = retrying(read_objects, settings)(
                 objects, cluster=production.cluster, settings=settings
             )
@@ -320,9 +312,7 @@ def promote_to_production(
                 approved_objects=objects_fingerprint(objects),
                 approved_deletions=deletions,
             )
-    except TimeoutError:
-        if held:
-            raise
+    except LockTimeout:
         record.decision = "refused"
         record.outcome = (
             "production untouched: another production change held the lock for "

@@ -652,26 +652,24 @@ def prune_objects(
     namespace: str,
     cluster: Cluster,
     settings: Settings,
-    only: Collection[str] | None = None,
+    only: Collection[str],
 ) -> list[str]:
-    """Delete the apps' objects (by label) that the rendered manifests no longer contain.
+    """Delete ``only`` (the deletions an approver saw, or a preview) of the apps' objects
+    (by label) that the rendered manifests no longer contain.
 
     Only kinds the kustomize tree produces, only objects carrying both the ``part-of``
     and ``managed-by`` labels, only in ``namespace``: provisioning's objects are never
-    candidates. With ``only`` (the deletions an approver saw, or a preview), nothing else
-    is deleted, and what ``only`` names that is no longer there counts as pruned: a retry
+    candidates. What ``only`` names that is no longer there counts as pruned: a retry
     then reports what an earlier attempt deleted, not only its own deletions.
     """
     dyn = connect(cluster, settings)
     pruned: list[str] = []
     with _reporting(pruned):
         present = _prunable(dyn, keep, namespace, settings)
-        if only is not None:
-            listed = {object_key(obj) for obj in present}
-            pruned.extend(key for key in only if key not in listed)
+        listed = {object_key(obj) for obj in present}
+        pruned.extend(key for key in only if key not in listed)
         for obj in present:
-            if only is not None and object_key(obj) not in only:
-                continue
-            _delete(dyn, obj, settings)
-            pruned.append(object_key(obj))
+            if object_key(obj) in only:
+                _delete(dyn, obj, settings)
+                pruned.append(object_key(obj))
     return pruned

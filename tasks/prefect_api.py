@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 from uuid import UUID
 
@@ -15,11 +15,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.variables import Variable
 
-from rsolv_staging.exceptions import ConfigurationError, GuardError
+from rsolv_staging.exceptions import ConfigurationError, GuardError, LockTimeout
 from rsolv_staging.promotion import AuditRecord
 
 AUDIT_KEY = "promotion-audit"
@@ -142,3 +143,34 @@ def ensure_concurrency_limit(name: str, *, limit: int = 1) -> None:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=limit)
                 )
+
+
+@contextmanager
+def exclusive(name: str, *, wait_seconds: float, holder: str) -> Iterator[None]:
+    """Hold global concurrency limit ``name`` (one slot; created if missing) around a change.
+
+    Strict, so a missing limit is an error rather than an open door; a lease renewal that
+    fails mid-change does not stop it halfway (an apply under way must finish or roll back).
+
+    Raises:
+        LockTimeout: another ``holder`` kept the slot for ``wait_seconds``; raised only
+            for the wait, before the body ran, so nothing was changed.
+    """
+    ensure_concurrency_limit(name)
+    held = False
+    try:
+        with concurrency(
+            name,
+            occupy=1,
+            timeout_seconds=wait_seconds,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ):
+            held = True
+            yield
+    except TimeoutError:
+        if held:  # the body's own, not the wait for the slot
+            raise
+        raise LockTimeout(
+            f"another {holder} held {name!r} for {wait_seconds:.0f}s; nothing was applied"
+        ) from None

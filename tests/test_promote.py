@@ -132,9 +132,17 @@ def resumer() -> Iterator[Callable[[Callable[[PrefectAPI, str], None]], None]]:
 
 
 def decide(
-    decision: str, approver: str, reason: str = "looks good"
+    decision: str,
+    approver: str,
+    reason: str = "looks good",
+    *,
+    first: Callable[[], object] | None = None,
 ) -> Callable[[PrefectAPI, str], None]:
+    """The answer a resumer gives; ``first`` runs while the gate is open, before it."""
+
     def answer(api: PrefectAPI, run_id: str) -> None:
+        if first is not None:
+            first()
         result = api.resume(run_id, {"decision": decision, "approver": approver, "reason": reason})
         assert result["status"] == "ACCEPT", result
 
@@ -272,11 +280,7 @@ def test_a_freeze_window_added_during_the_wait_refuses_the_approval(
     """The calendar is read again after the decision: a freeze declared while the gate
     was open stops the approved promotion, audited, production untouched."""
 
-    def declare_freeze_then_approve(api: PrefectAPI, run_id: str) -> None:
-        freeze_now(tmp_path, "incident-freeze")
-        decide("approve", "alice")(api, run_id)
-
-    resumer(declare_freeze_then_approve)
+    resumer(decide("approve", "alice", first=lambda: freeze_now(tmp_path, "incident-freeze")))
     with pytest.raises(GuardError, match="incident-freeze"):
         promote(tmp_path, app_server)
     assert running_images(promotable, "production") == images(OLD)
@@ -418,14 +422,13 @@ def test_production_changed_while_waiting_is_refused(
     """If production changes after the diff was shown, the approval does not apply it."""
     from kubernetes import client, config
 
-    def change_then_approve(api: PrefectAPI, run_id: str) -> None:
+    def change() -> None:
         core = client.CoreV1Api(config.new_client_from_config(config_file=os.environ["KUBECONFIG"]))
         core.patch_namespaced_config_map(
             "rsolv-config", "production", {"data": {"LOG_LEVEL": "debug"}}
         )
-        decide("approve", "alice")(api, run_id)
 
-    resumer(change_then_approve)
+    resumer(decide("approve", "alice", first=change))
     with pytest.raises(PromotionRefused, match="changed after the diff was shown"):
         promote(tmp_path, app_server)
     assert running_images(promotable, "production") == images(OLD)
@@ -442,12 +445,11 @@ def test_manifests_changed_while_waiting_are_refused(
     tree = tmp_path / "deployments"
     shutil.copytree(DEPLOYMENTS, tree)
 
-    def edit_then_approve(api: PrefectAPI, run_id: str) -> None:
+    def edit() -> None:
         config = tree / "overlays" / "production" / "config.yaml"
         config.write_text(config.read_text().replace("LOG_LEVEL: info", "LOG_LEVEL: debug"))
-        decide("approve", "alice")(api, run_id)
 
-    resumer(edit_then_approve)
+    resumer(decide("approve", "alice", first=edit))
     with pytest.raises(GuardError, match="not the ones approved"):
         promote(tmp_path, app_server, manifests_dir=str(tree))
     assert running_images(promotable, "production") == images(OLD)
@@ -463,11 +465,8 @@ def test_the_approver_sees_deletions_and_only_those_happen(
     during the wait is not deleted, since nobody approved its deletion."""
     promotable.seed(app_config_map("old-flags", "production"))
 
-    def add_then_approve(api: PrefectAPI, run_id: str) -> None:
-        promotable.seed(app_config_map("added-while-waiting", "production"))
-        decide("approve", "alice")(api, run_id)
-
-    resumer(add_then_approve)
+    added = app_config_map("added-while-waiting", "production")
+    resumer(decide("approve", "alice", first=lambda: promotable.seed(added)))
     report = promote(tmp_path, app_server)
     deleted = report.record.diff.split("## Deleted once the rollout is healthy", 1)[1]
     assert "ConfigMap/production/old-flags" in deleted
