@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PREFECT_API_URL"] = api_url
         os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-        from rsolv_staging.kube_emulator import KubeEmulator
+        from kube_emulator import KubeEmulator
         from sandbox.postgres import PostgresFactory
 
         # Its own temporary directory: under root the servers run as `nobody`, who may not

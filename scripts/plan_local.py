@@ -16,7 +16,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from rsolv_staging.kube_emulator import KubeEmulator
+from kube_emulator import KubeEmulator
 from rsolv_staging.settings import load_topology
 from tasks.secrets import secret_env_var, source_name
 

@@ -18,10 +18,10 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.concurrency.sync import concurrency
 
 from flows.deploy import STAGING_LOCK, deploy
+from kube_emulator import KubeEmulator
 from rsolv_staging.deployments import DeployFailed
 from rsolv_staging.exceptions import ConfigurationError, GuardError, LockTimeout
 from rsolv_staging.fields import applied_configuration
-from rsolv_staging.kube_emulator import KubeEmulator
 from tasks.manifests import DEPLOYMENTS
 from tasks.prefect_api import ensure_concurrency_limit
 from tests.plugins.http import Server

@@ -20,7 +20,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from rsolv_staging.kube_emulator import KINDS, KubeEmulator, Mode
+from kube_emulator import KINDS, KubeEmulator, Mode
 from tests.plugins.kube import kubectl_path, run_kubectl
 
 NS = "staging"
@@ -759,14 +759,14 @@ def test_kubectl_applies_a_kustomization_and_rolls_back(
 
 
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
-    """``python -m rsolv_staging.kube_emulator`` says it is an emulator, writes a kubeconfig
+    """``python -m kube_emulator`` says it is an emulator, writes a kubeconfig
     kubectl can use, and exits cleanly on SIGTERM."""
     kubeconfig = tmp_path / "kubeconfig"
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "rsolv_staging.kube_emulator",
+            "kube_emulator",
             "--port",
             "0",
             "--kubeconfig",

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from flows.provision import provision_staging
+from kube_emulator import KubeEmulator
 from rsolv_staging.environments import Environment, default_topology, topology_from_mapping
 from rsolv_staging.exceptions import ConfigurationError, GuardError
 from rsolv_staging.guards import ensure_confined
-from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.monitoring import (
     PAGING_INTEGRATIONS,
     model_drift,

@@ -36,12 +36,12 @@ from prefect.states import Cancelling, Running
 from flows.deploy import deploy
 from flows.promote import ApprovalTimedOut, PromotionRefused, promote_to_production
 from flows.smoke_test import smoke_test
+from kube_emulator import KubeEmulator
 from rsolv_staging.cli import PrefectAPI
 from rsolv_staging.deployments import DeployFailed
 from rsolv_staging.environments import default_topology
 from rsolv_staging.exceptions import GuardError, SmokeTestFailed
 from rsolv_staging.images import parse_image
-from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects
 from tasks.manifests import DEPLOYMENTS, render_overlay

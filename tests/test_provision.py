@@ -10,10 +10,10 @@ import pytest
 from prefect import flow
 
 from flows.provision import ARTIFACT_KEY, ProvisionReport, provision_staging
+from kube_emulator import KubeEmulator
 from rsolv_staging.environments import default_topology, topology_from_mapping
 from rsolv_staging.exceptions import GuardError, PermissionDenied, SecretError
 from rsolv_staging.guards import ensure_confined
-from rsolv_staging.kube_emulator import KubeEmulator
 from rsolv_staging.provisioning import database, object_key, staging_objects
 from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects, retrying

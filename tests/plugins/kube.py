@@ -1,6 +1,6 @@
 """Fixtures for the Kubernetes API emulator: a started emulator per test and its kubeconfig.
 
-The emulator is a real HTTP server on 127.0.0.1 (see ``rsolv_staging.kube_emulator``), so
+The emulator is a real HTTP server on 127.0.0.1 (see ``kube_emulator``), so
 code under test talks to it through the official client or kubectl exactly as to a cluster.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rsolv_staging.kube_emulator import KubeEmulator
+from kube_emulator import KubeEmulator
 
 
 def kubectl_path() -> Path:

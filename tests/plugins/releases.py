@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import Artifact
 from prefect.client.schemas.sorting import ArtifactSort
 
-from rsolv_staging.kube_emulator import KubeEmulator
+from kube_emulator import KubeEmulator
 from tests.plugins.http import Server
 
 API = "ghcr.io/rsolv-dev/rsolv-api"

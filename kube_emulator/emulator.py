@@ -26,7 +26,7 @@ from .discovery import document, is_discovery
 from .kinds import Kind, by_kind, kind_named
 from .store import ApiError, Obj, Store, Watcher, bad_request
 
-log = logging.getLogger("rsolv_staging.kube_emulator")
+log = logging.getLogger("kube_emulator")
 
 Fault = Literal[429, 500, 502, 503, 504, "drop"]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

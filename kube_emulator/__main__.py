@@ -1,4 +1,4 @@
-"""``python -m rsolv_staging.kube_emulator``: serve the Kubernetes API EMULATOR until stopped."""
+"""``python -m kube_emulator``: serve the Kubernetes API EMULATOR until stopped."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ BANNER = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rsolv_staging.kube_emulator",
+        prog="python -m kube_emulator",
         description="Serve an in-memory EMULATOR of the Kubernetes API over plain HTTP (not a "
         "cluster: nothing runs; workload status is simulated).",
     )

@@ -9,7 +9,7 @@ a built-in stand-in for the workload controllers writes the status a cluster wou
         kube.set_workload_behaviour("never-ready", name="web")
         kube.inject_faults(503, count=2, only_writes=True)
 
-Run it alone with ``python -m rsolv_staging.kube_emulator --help``.
+Run it alone with ``python -m kube_emulator --help``.
 """
 
 from __future__ import annotations
