@@ -1,1 +1,5 @@
-"""RSOLV staging environment automation: the pure model, exceptions, emulator and CLI."""
+"""RSOLV staging environment automation: the pure model, exceptions and the CLI.
+
+The Kubernetes API emulator is not part of it: it is the top-level test double
+``kube_emulator``, which the product never imports (an import-linter contract).
+"""
