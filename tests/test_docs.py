@@ -66,3 +66,34 @@ def test_the_link_check_sees_links_and_anchors(tmp_path: Path) -> None:
     )
     assert _links(page) == ["other.md#a-b", "pic.png"]
     assert _anchors(page) == {"the-sandbox-the-whole-pipeline"}
+
+
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+# `flows/deploy.py`, `tasks/postgres/`, `kube_emulator/kinds.py`, `.importlinter`, ...
+PATH_SPAN = re.compile(r"`([\w.\-]*[/.][\w./\-]*)`")
+
+
+def _named_paths(text: str) -> set[str]:
+    return {p for p in PATH_SPAN.findall(text) if "/" in p or p.endswith((".py", ".yaml"))}
+
+
+def test_every_module_architecture_names_exists() -> None:
+    """Each file or folder ARCHITECTURE.md names in backticks exists in the repository."""
+    named = _named_paths(ARCHITECTURE.read_text(encoding="utf-8"))
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert named, "the page names no modules: the pattern no longer matches it"
+    assert not missing, f"docs/ARCHITECTURE.md names what does not exist: {missing}"
+
+
+def test_architecture_names_every_flow_and_task_module() -> None:
+    """No flow or task module is left off the map: a new one must be placed on it."""
+    named = _named_paths(ARCHITECTURE.read_text(encoding="utf-8"))
+    modules = [
+        p.relative_to(ROOT).as_posix()
+        for folder in ("flows", "tasks")
+        for p in (ROOT / folder).glob("*.py")
+        if p.name != "__init__.py"
+    ]
+    packages = [f"{p.relative_to(ROOT).as_posix()}/" for p in (ROOT / "tasks").glob("*/")]
+    unnamed = sorted(m for m in modules + packages if m not in named and "__pycache__" not in m)
+    assert not unnamed, f"docs/ARCHITECTURE.md does not place: {unnamed}"
