@@ -40,6 +40,7 @@ with ``POST /api/flow_runs/{id}/resume``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,19 +55,23 @@ from pydantic import BaseModel
 
 from flows.deploy import DeployReport, deploy
 from rsolv_staging.deployments import DeployFailed, objects_fingerprint, resolve_images
+from rsolv_staging.environments import Environment, Topology
 from rsolv_staging.exceptions import ConfigurationError, GuardError, LockTimeout, StagingError
 from rsolv_staging.guards import ensure_confined
+from rsolv_staging.images import ImageRef
 from rsolv_staging.promotion import (
+    ApprovalDecision,
     AuditRecord,
+    FreezeWindow,
     approval_description,
     approval_form,
     check_freeze,
     eligible_approvers,
     load_freeze_windows,
 )
-from rsolv_staging.provisioning import object_key
+from rsolv_staging.provisioning import Manifest, object_key
 from rsolv_staging.reports import change_report
-from rsolv_staging.settings import REPO_ROOT, load_settings, load_topology
+from rsolv_staging.settings import REPO_ROOT, Settings, load_settings, load_topology
 from rsolv_staging.smoke import checks_for
 from tasks.kube import (
     diff_objects,
@@ -102,6 +107,58 @@ class PromotionReport(BaseModel):
     deploy: DeployReport | None = None
 
 
+@dataclass(frozen=True)
+class PromotionRequest:
+    """The flow's parameters, as every step after the first needs them."""
+
+    run_id: str
+    requested_at: datetime
+    requester: str
+    change_ref: str
+    approval_timeout_seconds: int
+    freeze_override_reason: str | None
+    rollout_deadline_seconds: float
+    smoke_checks_file: str | None
+    environments_file: str | None
+    manifests_dir: str | None
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        """The file parameters given, recorded and shown to the approver."""
+        return {
+            k: v
+            for k, v in {
+                "smoke_checks_file": self.smoke_checks_file,
+                "environments_file": self.environments_file,
+                "manifests_dir": self.manifests_dir,
+            }.items()
+            if v
+        }
+
+
+@dataclass(frozen=True)
+class StagingState:
+    """What staging runs, verified: the digests to promote and its smoke result."""
+
+    refs: dict[str, ImageRef]
+    smoke_summary: str
+
+    @property
+    def promoted(self) -> dict[str, str]:
+        return {app: str(ref) for app, ref in self.refs.items()}
+
+
+@dataclass(frozen=True)
+class ProductionChange:
+    """What the approver is shown, and what the deploy must still match afterwards."""
+
+    objects: list[Manifest]
+    before: dict[str, dict[str, Any] | None]
+    deletions: list[str]
+    diff: str
+    record: AuditRecord  # filled in as the promotion goes; audited on every exit
+
+
 @flow(name="promote-to-production", log_prints=True)
 def promote_to_production(
     requester: str,
@@ -115,27 +172,69 @@ def promote_to_production(
     manifests_dir: str | None = None,
 ) -> PromotionReport | State:
     """Promote staging's digests to production after a human approves."""
-    logger = get_run_logger()
-    requested_at = datetime.now(UTC)
-    run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    request = PromotionRequest(
+        requested_at=datetime.now(UTC),
+        run_id=str(get_run_context().flow_run.id),  # type: ignore[union-attr]
+        requester=requester,
+        change_ref=change_ref,
+        approval_timeout_seconds=approval_timeout_seconds,
+        freeze_override_reason=freeze_override_reason,
+        rollout_deadline_seconds=rollout_deadline_seconds,
+        smoke_checks_file=smoke_checks_file,
+        environments_file=environments_file,
+        manifests_dir=manifests_dir,
+    )
     if not requester.strip() or not change_ref.strip():
         raise ConfigurationError("requester and change_ref are required")
     if approval_timeout_seconds < 1:
         raise ConfigurationError("approval_timeout_seconds must be at least 1")
     settings = load_settings()
     topology = load_topology(Path(environments_file) if environments_file else None)
-    staging, production = topology.staging, topology.production
     # Production's smoke checks are read now: a wrong file found only after the approval
     # would roll production out and back for nothing.
     checks_for(topology, "production", smoke_checks_file)
 
     # 1. Freeze windows and who may decide: refused before anything is read or asked.
-    # The calendar is the operator's (a setting), never the requester's (a parameter).
-    windows = load_freeze_windows(settings.freeze_windows_file or DEFAULT_FREEZE_WINDOWS)
-    freeze = check_freeze(windows, requested_at, override_reason=freeze_override_reason)
+    freeze = check_freeze_windows(settings, request.requested_at, freeze_override_reason)
     approvers = eligible_approvers(read_approvers(), requester)
-
     # 2. Staging runs exactly these digests, ready, and its smoke tests passed.
+    verified = verify_staging(settings, topology.staging, images)
+    # 3. What would change in production.
+    change = plan_production_change(request, settings, topology, verified, freeze)
+    # 4. The gate.
+    decision = wait_for_approval(request, settings, change, verified, freeze, approvers)
+    # 5. Rejected.
+    if decision.decision == "reject":
+        return reject(request, change.record, decision)
+    # 6. Approved: deploy the same digests to production, unless a freeze began while
+    #    the gate was open.
+    recheck_freeze_windows(request, settings, change.record, freeze)
+    return deploy_approved(request, settings, topology.production, change, decision.approver)
+
+
+def check_freeze_windows(
+    settings: Settings, now: datetime, override_reason: str | None
+) -> FreezeWindow | None:
+    """The freeze window an override lets this promotion go ahead in, if any.
+
+    The calendar is the operator's (a setting), never the requester's (a parameter).
+
+    Raises:
+        GuardError: inside a window with no override reason.
+    """
+    windows = load_freeze_windows(settings.freeze_windows_file or DEFAULT_FREEZE_WINDOWS)
+    return check_freeze(windows, now, override_reason=override_reason)
+
+
+def verify_staging(
+    settings: Settings, staging: Environment, images: dict[str, str] | None
+) -> StagingState:
+    """Staging runs exactly the digests asked for, rolled out and ready, and smoke-tested.
+
+    Raises:
+        PromotionRefused: an app is not ready, other digests were asked for, or staging's
+            last smoke run did not pass for exactly these digests.
+    """
     stubs: list[dict[str, Any]] = [
         {
             "apiVersion": "apps/v1",
@@ -164,10 +263,23 @@ def promote_to_production(
             f"staging's smoke tests have not passed for these digests ({smoke_summary}); "
             "deploy them to staging with smoke tests first"
         )
+    return StagingState(refs=refs, smoke_summary=smoke_summary)
 
-    # 3. What would change in production.
-    root = Path(manifests_dir) if manifests_dir else DEPLOYMENTS
-    objects = render_overlay(production.name, images=refs, root=root)
+
+def plan_production_change(
+    request: PromotionRequest,
+    settings: Settings,
+    topology: Topology,
+    verified: StagingState,
+    freeze: FreezeWindow | None,
+) -> ProductionChange:
+    """Render production with staging's digests and ask the API server what would change.
+
+    Nothing is written: a server-side dry run of the apply, and a preview of the prune.
+    """
+    staging, production = topology.staging, topology.production
+    root = Path(request.manifests_dir) if request.manifests_dir else DEPLOYMENTS
+    objects = render_overlay(production.name, images=verified.refs, root=root)
     ensure_confined(objects, production, staging)
     before = retrying(read_objects, settings)(
         objects, cluster=production.cluster, settings=settings
@@ -189,49 +301,63 @@ def promote_to_production(
         context=production.cluster.kube_context or "current context",
         deleted=deletions,
     )
-    overrides = {
-        k: v
-        for k, v in {
-            "smoke_checks_file": smoke_checks_file,
-            "environments_file": environments_file,
-            "manifests_dir": manifests_dir,
-        }.items()
-        if v
-    }
+    reason = request.freeze_override_reason
     record = AuditRecord(
-        flow_run=run_id,
-        requested_at=requested_at,
-        requester=requester,
-        change_ref=change_ref,
-        images=promoted,
+        flow_run=request.run_id,
+        requested_at=request.requested_at,
+        requester=request.requester,
+        change_ref=request.change_ref,
+        images=verified.promoted,
         decision="timed out",
-        freeze_override=f"{freeze.name}: {freeze_override_reason}" if freeze else None,
-        parameters=overrides,
+        freeze_override=f"{freeze.name}: {reason}" if freeze else None,
+        parameters=request.overrides,
         diff=diff,
     )
+    return ProductionChange(
+        objects=objects, before=before, deletions=deletions, diff=diff, record=record
+    )
 
-    # 4. The gate.
+
+def wait_for_approval(
+    request: PromotionRequest,
+    settings: Settings,
+    change: ProductionChange,
+    verified: StagingState,
+    freeze: FreezeWindow | None,
+    approvers: list[str],
+) -> ApprovalDecision:
+    """Pause this flow run until an approver decides; the decision goes into the record.
+
+    Called from the flow itself, not a task: ``pause_flow_run`` pauses the flow run.
+
+    Raises:
+        ApprovalTimedOut: nobody decided in time (audited and notified first).
+        GuardError: the decision names someone not allowed to approve.
+    """
+    record = change.record
     form = approval_form(
         approvers,
         approval_description(
-            requester=requester,
-            change_ref=change_ref,
+            requester=request.requester,
+            change_ref=request.change_ref,
             images=record.images,
-            diff_markdown=diff,
-            smoke_summary=smoke_summary,
+            diff_markdown=change.diff,
+            smoke_summary=verified.smoke_summary,
             freeze=freeze,
-            freeze_override=freeze_override_reason,
-            overrides=overrides,
+            freeze_override=request.freeze_override_reason,
+            overrides=request.overrides,
         ),
     )
     notify(
-        f"production: promotion of {change_ref} awaits approval",
-        f"requested by {requester}; approvers: {', '.join(approvers)}; run {run_id}",
+        f"production: promotion of {request.change_ref} awaits approval",
+        f"requested by {request.requester}; approvers: {', '.join(approvers)}; "
+        f"run {request.run_id}",
     )
+    timeout = request.approval_timeout_seconds
     try:
         decision = pause_flow_run(
             wait_for_input=form,
-            timeout=approval_timeout_seconds,
+            timeout=timeout,
             poll_interval=settings.approval_poll_seconds,
             key="approval",
         )
@@ -239,87 +365,109 @@ def promote_to_production(
         record.outcome = "production untouched"
         record_audit(record)
         notify(
-            f"production: promotion of {change_ref} timed out",
-            f"no decision within {approval_timeout_seconds}s",
+            f"production: promotion of {request.change_ref} timed out",
+            f"no decision within {timeout}s",
         )
         raise ApprovalTimedOut(
-            f"approval timed out after {approval_timeout_seconds}s; production untouched"
+            f"approval timed out after {timeout}s; production untouched"
         ) from None
     if decision.approver not in approvers:  # the form's schema already refuses these
         raise GuardError(f"{decision.approver!r} may not approve this promotion")
     record.approver, record.reason = decision.approver, decision.reason
     record.decided_at = datetime.now(UTC)
+    return decision
 
-    # 5. Rejected.
-    if decision.decision == "reject":
-        record.decision, record.outcome = "rejected", "production untouched"
-        record_audit(record)
-        notify(
-            f"production: promotion of {change_ref} rejected",
-            f"{requester}: rejected by {decision.approver}: {decision.reason}",
-        )
-        logger.info("rejected by %s: %s", decision.approver, decision.reason)
-        return Completed(
-            name="Rejected",
-            message=f"rejected by {decision.approver}: {decision.reason}",
-            data=PromotionReport(record=record),
-        )
 
-    # 6. Approved: deploy the same digests to production, unless a freeze began while
-    #    the gate was open (the calendar read again: a window added meanwhile counts).
+def reject(request: PromotionRequest, record: AuditRecord, decision: ApprovalDecision) -> State:
+    """Production untouched: audit, notify the requester, end the run as ``Rejected``."""
+    record.decision, record.outcome = "rejected", "production untouched"
+    record_audit(record)
+    notify(
+        f"production: promotion of {request.change_ref} rejected",
+        f"{request.requester}: rejected by {decision.approver}: {decision.reason}",
+    )
+    get_run_logger().info("rejected by %s: %s", decision.approver, decision.reason)
+    return Completed(
+        name="Rejected",
+        message=f"rejected by {decision.approver}: {decision.reason}",
+        data=PromotionReport(record=record),
+    )
+
+
+def recheck_freeze_windows(
+    request: PromotionRequest,
+    settings: Settings,
+    record: AuditRecord,
+    freeze: FreezeWindow | None,
+) -> None:
+    """After the approval: refuse if a freeze began while the gate was open.
+
+    The calendar is read again: a window added meanwhile counts.
+
+    Raises:
+        GuardError: a freeze applies now and there is no override reason (audited first).
+    """
+    reason = request.freeze_override_reason
     try:
-        windows = load_freeze_windows(settings.freeze_windows_file or DEFAULT_FREEZE_WINDOWS)
-        late = check_freeze(windows, datetime.now(UTC), override_reason=freeze_override_reason)
+        late = check_freeze_windows(settings, datetime.now(UTC), reason)
     except GuardError as exc:
         record.decision, record.outcome = "refused", f"production untouched: {exc}"
         record_audit(record)
         raise
     if late is not None and freeze is None:
-        record.freeze_override = f"{late.name}: {freeze_override_reason}"
+        record.freeze_override = f"{late.name}: {reason}"
     record.decision = "approved"
+
+
+def deploy_approved(
+    request: PromotionRequest,
+    settings: Settings,
+    production: Environment,
+    change: ProductionChange,
+    approver: str,
+) -> PromotionReport:
+    """Deploy what was approved, under the production lock, if production is as shown.
+
+    Raises:
+        PromotionRefused: another production change held the lock too long, or production
+            changed after the diff was shown (both audited first).
+    """
+    record = change.record
+    wait_seconds = request.rollout_deadline_seconds * 4
     # One production change at a time: several promotions can wait at the gate together,
     # so the apply itself holds a global lock, and what the approver saw must still be
     # what production is.
     try:
-        with exclusive(
-            PRODUCTION_LOCK,
-            wait_seconds=rollout_deadline_seconds * 4,
-            holder="production change",
-        ):
-            now = retrying(read_objects, settings)(
-                objects, cluster=production.cluster, settings=settings
-            )
-            drifted = [k for k in now if _differs(before.get(k), now[k])]
-            if drifted:
-                record.decision = "refused"
-                record.outcome = (
-                    "production untouched: it changed after the diff was shown ("
-                    + ", ".join(drifted)
-                    + "); request the promotion again"
-                )
-                record_audit(record)
-                raise PromotionRefused(record.outcome)
-            return _deploy_approved(
-                record,
-                requester=requester,
-                change_ref=change_ref,
-                approver=decision.approver,
-                run_id=run_id,
-                rollout_deadline_seconds=rollout_deadline_seconds,
-                smoke_checks_file=smoke_checks_file,
-                environments_file=environments_file,
-                manifests_dir=manifests_dir,
-                approved_objects=objects_fingerprint(objects),
-                approved_deletions=deletions,
-            )
+        with exclusive(PRODUCTION_LOCK, wait_seconds=wait_seconds, holder="production change"):
+            _refuse_if_drifted(settings, production, change)
+            return _deploy_and_audit(request, record, change, approver)
     except LockTimeout:
         record.decision = "refused"
         record.outcome = (
             "production untouched: another production change held the lock for "
-            f"{rollout_deadline_seconds * 4:.0f}s; request the promotion again"
+            f"{wait_seconds:.0f}s; request the promotion again"
         )
         record_audit(record)
         raise PromotionRefused(record.outcome) from None
+
+
+def _refuse_if_drifted(
+    settings: Settings, production: Environment, change: ProductionChange
+) -> None:
+    now = retrying(read_objects, settings)(
+        change.objects, cluster=production.cluster, settings=settings
+    )
+    drifted = [k for k in now if _differs(change.before.get(k), now[k])]
+    if drifted:
+        record = change.record
+        record.decision = "refused"
+        record.outcome = (
+            "production untouched: it changed after the diff was shown ("
+            + ", ".join(drifted)
+            + "); request the promotion again"
+        )
+        record_audit(record)
+        raise PromotionRefused(record.outcome)
 
 
 def _differs(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
@@ -328,33 +476,23 @@ def _differs(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
     return bool(diff_objects(old, new))
 
 
-def _deploy_approved(
-    record: AuditRecord,
-    *,
-    requester: str,
-    change_ref: str,
-    approver: str,
-    run_id: str,
-    rollout_deadline_seconds: float,
-    smoke_checks_file: str | None,
-    environments_file: str | None,
-    manifests_dir: str | None,
-    approved_objects: str,
-    approved_deletions: list[str],
+def _deploy_and_audit(
+    request: PromotionRequest, record: AuditRecord, change: ProductionChange, approver: str
 ) -> PromotionReport:
     """Deploy the approved digests to production as this run's subflow, and audit it."""
+    trigger = f"promotion {request.change_ref} by {request.requester}, approved by {approver}"
     try:
         report = deploy(
             images=record.images,
             environment="production",
-            trigger=f"promotion {change_ref} by {requester}, approved by {approver}",
-            rollout_deadline_seconds=rollout_deadline_seconds,
-            smoke_checks_file=smoke_checks_file,
-            approval_id=run_id,
-            environments_file=environments_file,
-            manifests_dir=manifests_dir,
-            approved_objects=approved_objects,
-            approved_deletions=approved_deletions,
+            trigger=trigger,
+            rollout_deadline_seconds=request.rollout_deadline_seconds,
+            smoke_checks_file=request.smoke_checks_file,
+            approval_id=request.run_id,
+            environments_file=request.environments_file,
+            manifests_dir=request.manifests_dir,
+            approved_objects=objects_fingerprint(change.objects),
+            approved_deletions=change.deletions,
         )
     except (GuardError, ConfigurationError) as exc:
         # Refused before its first write (the manifests or the checks file changed, or

@@ -43,11 +43,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
+from rsolv_staging.environments import Topology
 from rsolv_staging.guards import ensure_confined
 from rsolv_staging.monitoring import ensure_matches_model
-from rsolv_staging.provisioning import secret_namespace, staging_objects
+from rsolv_staging.provisioning import Manifest, secret_namespace, staging_objects
 from rsolv_staging.reports import change_report, counts
-from rsolv_staging.settings import load_settings, load_topology
+from rsolv_staging.settings import Settings, load_settings, load_topology
 from tasks.kube import (
     ObjectChange,
     apply_objects,
@@ -81,39 +82,20 @@ def provision_staging(
     environments_file: str | None = None,
 ) -> ProvisionReport:
     """Bring staging to the state RFC 002 describes; a second run changes nothing."""
-    logger = get_run_logger()
     settings = load_settings()
     topology = load_topology(Path(environments_file) if environments_file else None)
-    staging, production = topology.staging, topology.production
+    staging = topology.staging
 
     # Everything that can refuse the run happens before the first write.
     secrets = load_staging_secrets(topology)
-    # Each production secret where production keeps it: Grafana's with its monitoring
-    # stack, not with the apps (a secret not found has nothing to compare, silently).
-    where: dict[str, list[str]] = {}
-    for spec in topology.secrets:
-        where.setdefault(secret_namespace(production, spec), []).append(
-            production.secret_name(spec)
-        )
-    production_fingerprints: dict[str, dict[str, str]] = {}
-    for namespace, names in where.items():
-        production_fingerprints |= retrying(read_secret_fingerprints, settings)(
-            names, namespace=namespace, cluster=production.cluster, settings=settings
-        )
-    ensure_not_production_values(topology, secrets, production_fingerprints)
+    ensure_not_production_values(
+        topology, secrets, read_production_fingerprints(topology, settings)
+    )
     plain = {
         name: {key: value.get_secret_value() for key, value in keys.items()}
         for name, keys in secrets.items()
     }
-    routes = [o for o in render_overlay(staging.name) if o["kind"] == "Ingress"]
-    monitoring = render_overlay.with_options(task_run_name="render-monitoring-{environment}")(
-        staging.name, root=MONITORING
-    )
-    ensure_matches_model(
-        monitoring, topology, staging, source=f"deployments/monitoring/overlays/{staging.name}"
-    )
-    objects = [*staging_objects(topology, plain), *routes, *monitoring]
-    ensure_confined(objects, staging, production)
+    objects = render_staging(topology, plain)
 
     live = retrying(read_objects, settings)(objects, cluster=staging.cluster, settings=settings)
     if dry_run:
@@ -125,16 +107,65 @@ def provision_staging(
             objects, cluster=staging.cluster, settings=settings
         )
         changes = summarize(objects, live, applied)
+    return report_changes(changes, dry_run=dry_run, context=staging.cluster.kube_context)
 
+
+def read_production_fingerprints(
+    topology: Topology, settings: Settings
+) -> dict[str, dict[str, str]]:
+    """Fingerprints of production's secrets, to refuse a staging secret that reuses one.
+
+    Each production secret is read where production keeps it: Grafana's with its
+    monitoring stack, not with the apps (a secret not found has nothing to compare,
+    silently).
+    """
+    production = topology.production
+    where: dict[str, list[str]] = {}
+    for spec in topology.secrets:
+        where.setdefault(secret_namespace(production, spec), []).append(
+            production.secret_name(spec)
+        )
+    fingerprints: dict[str, dict[str, str]] = {}
+    for namespace, names in where.items():
+        fingerprints |= retrying(read_secret_fingerprints, settings)(
+            names, namespace=namespace, cluster=production.cluster, settings=settings
+        )
+    return fingerprints
+
+
+def render_staging(topology: Topology, secrets: dict[str, dict[str, str]]) -> list[Manifest]:
+    """Everything staging is made of, refused before any write if it strays or disagrees.
+
+    The environment model's objects, the Ingress of the staging overlay and the
+    monitoring overlay, which must match the model.
+    """
+    staging, production = topology.staging, topology.production
+    routes = [o for o in render_overlay(staging.name) if o["kind"] == "Ingress"]
+    monitoring = render_overlay.with_options(task_run_name="render-monitoring-{environment}")(
+        staging.name, root=MONITORING
+    )
+    ensure_matches_model(
+        monitoring, topology, staging, source=f"deployments/monitoring/overlays/{staging.name}"
+    )
+    objects = [*staging_objects(topology, secrets), *routes, *monitoring]
+    ensure_confined(objects, staging, production)
+    return objects
+
+
+def report_changes(
+    changes: list[ObjectChange], *, dry_run: bool, context: str | None
+) -> ProvisionReport:
+    """Publish the change report (artifact ``provision-staging``) and log the counts."""
     tally = counts(changes)
-    context = staging.cluster.kube_context or "current context"
     publish_markdown(
         ARTIFACT_KEY,
-        change_report("Provision staging", changes, dry_run=dry_run, context=context),
+        change_report(
+            "Provision staging", changes, dry_run=dry_run, context=context or "current context"
+        ),
         description=f"{tally['created']} created, {tally['changed']} changed, "
         f"{tally['unchanged']} unchanged" + (" (dry run)" if dry_run else ""),
     )
-    logger.info(
+    get_run_logger().info(
         "%s: %d %s, %d %s, %d unchanged",
         "dry run" if dry_run else "provisioned",
         tally["created"],

@@ -218,6 +218,17 @@ def _slo_problems(rules: Sequence[Mapping[str, Any]], env: Environment) -> list[
 
 def model_drift(objects: Sequence[Manifest], topology: Topology, env: Environment) -> list[str]:
     """Where a rendered monitoring overlay disagrees with ``env`` in the model; empty if never."""
+    level = tool_log_level(env)
+    return [
+        *_placement_problems(objects, env),
+        *_prometheus_problems(objects, env, level),
+        *_alertmanager_problems(objects, env, level),
+        *_grafana_problems(objects, topology, env, level),
+        *_grafana_ingress_problems(objects, env),
+    ]
+
+
+def _placement_problems(objects: Sequence[Manifest], env: Environment) -> list[str]:
     problems: list[str] = []
     mon = env.monitoring
     for obj in objects:
@@ -226,101 +237,114 @@ def model_drift(objects: Sequence[Manifest], topology: Topology, env: Environmen
             problems.append(f"{obj['kind']}/{meta['name']} is not in {mon.namespace}")
         if meta.get("labels", {}).get(ENV_LABEL) != env.name:
             problems.append(f"{obj['kind']}/{meta['name']} lacks label {ENV_LABEL}={env.name}")
-    level = tool_log_level(env)
+    return problems
 
+
+def _prometheus_problems(objects: Sequence[Manifest], env: Environment, level: str) -> list[str]:
+    mon = env.monitoring
     prometheus = _find(objects, "StatefulSet", "prometheus")
     if prometheus is None:
-        problems.append("no StatefulSet/prometheus")
+        return ["no StatefulSet/prometheus"]
+    problems: list[str] = []
+    args = _container(prometheus).get("args", [])
+    retention = _flag(args, "--storage.tsdb.retention.time")
+    if retention != [mon.retention]:
+        problems.append(f"Prometheus retention is {retention}, the model says {mon.retention}")
+    if _flag(args, "--log.level") != [level]:
+        problems.append(f"Prometheus log level is {_flag(args, '--log.level')}, not {level}")
+    pod = prometheus["spec"]["template"]
+    account = pod["spec"].get("serviceAccountName")
+    if account != prometheus_service_account(env):
+        problems.append(
+            f"Prometheus runs as {account!r}, not {prometheus_service_account(env)!r} "
+            "(the scrape-only identity provisioning creates)"
+        )
+    if not PROMETHEUS_POD_LABELS.items() <= pod["metadata"].get("labels", {}).items():
+        problems.append(f"Prometheus pods lack {PROMETHEUS_POD_LABELS} (NetworkPolicies)")
+    config_map = mounted_config_map(objects, prometheus, "config")
+    if config_map is None:
+        problems.append("Prometheus mounts no config ConfigMap")
     else:
-        args = _container(prometheus).get("args", [])
-        retention = _flag(args, "--storage.tsdb.retention.time")
-        if retention != [mon.retention]:
-            problems.append(f"Prometheus retention is {retention}, the model says {mon.retention}")
-        if _flag(args, "--log.level") != [level]:
-            problems.append(f"Prometheus log level is {_flag(args, '--log.level')}, not {level}")
-        pod = prometheus["spec"]["template"]
-        account = pod["spec"].get("serviceAccountName")
-        if account != prometheus_service_account(env):
-            problems.append(
-                f"Prometheus runs as {account!r}, not {prometheus_service_account(env)!r} "
-                "(the scrape-only identity provisioning creates)"
-            )
-        if not PROMETHEUS_POD_LABELS.items() <= pod["metadata"].get("labels", {}).items():
-            problems.append(f"Prometheus pods lack {PROMETHEUS_POD_LABELS} (NetworkPolicies)")
-        config_map = mounted_config_map(objects, prometheus, "config")
-        if config_map is None:
-            problems.append("Prometheus mounts no config ConfigMap")
-        else:
-            config = yaml.safe_load(config_map["data"]["prometheus.yml"])
-            external = (config.get("global") or {}).get("external_labels", {})
-            if external.get("environment") != env.name:
-                problems.append(f"prometheus.yml external label environment is not {env.name}")
-            problems += scrape_escapes(config, env.namespace)
-        rules = mounted_config_map(objects, prometheus, "rules")
-        if rules is None:
-            problems.append("Prometheus mounts no rules ConfigMap")
-        else:
-            problems += _slo_problems(slo_rules(rules["data"]), env)
+        config = yaml.safe_load(config_map["data"]["prometheus.yml"])
+        external = (config.get("global") or {}).get("external_labels", {})
+        if external.get("environment") != env.name:
+            problems.append(f"prometheus.yml external label environment is not {env.name}")
+        problems += scrape_escapes(config, env.namespace)
+    rules = mounted_config_map(objects, prometheus, "rules")
+    if rules is None:
+        problems.append("Prometheus mounts no rules ConfigMap")
+    else:
+        problems += _slo_problems(slo_rules(rules["data"]), env)
+    return problems
 
+
+def _alertmanager_problems(objects: Sequence[Manifest], env: Environment, level: str) -> list[str]:
+    mon = env.monitoring
     alertmanager = _find(objects, "Deployment", "alertmanager")
     if alertmanager is None:
-        problems.append("no Deployment/alertmanager")
-    else:
-        got = _flag(_container(alertmanager).get("args", []), "--log.level")
-        if got != [level]:
-            problems.append(f"Alertmanager log level is {got}, not {level}")
-        config_map = mounted_config_map(objects, alertmanager, "config")
-        if config_map is None:
-            problems.append("Alertmanager mounts no config ConfigMap")
-        else:
-            config = yaml.safe_load(config_map["data"]["alertmanager.yml"])
-            paging = paging_receivers(config)
-            if not mon.paging and paging:
-                problems.append(f"{env.name} never pages, but receivers page: {paging}")
-            if mon.paging and not paging:
-                problems.append(f"{env.name} pages, but no receiver does")
-            missing = routed_receivers(config.get("route", {})) - {
-                r.get("name") for r in config.get("receivers", [])
-            }
-            if missing:
-                problems.append(f"routes name undefined receivers {sorted(missing)}")
+        return ["no Deployment/alertmanager"]
+    problems: list[str] = []
+    got = _flag(_container(alertmanager).get("args", []), "--log.level")
+    if got != [level]:
+        problems.append(f"Alertmanager log level is {got}, not {level}")
+    config_map = mounted_config_map(objects, alertmanager, "config")
+    if config_map is None:
+        problems.append("Alertmanager mounts no config ConfigMap")
+        return problems
+    config = yaml.safe_load(config_map["data"]["alertmanager.yml"])
+    paging = paging_receivers(config)
+    if not mon.paging and paging:
+        problems.append(f"{env.name} never pages, but receivers page: {paging}")
+    if mon.paging and not paging:
+        problems.append(f"{env.name} pages, but no receiver does")
+    missing = routed_receivers(config.get("route", {})) - {
+        r.get("name") for r in config.get("receivers", [])
+    }
+    if missing:
+        problems.append(f"routes name undefined receivers {sorted(missing)}")
+    return problems
 
+
+def _grafana_problems(
+    objects: Sequence[Manifest], topology: Topology, env: Environment, level: str
+) -> list[str]:
     grafana = _find(objects, "Deployment", "grafana")
     spec = next(s for s in topology.secrets if s.name == GRAFANA_ADMIN_SECRET)
     admin = {"secretKeyRef": {"name": env.secret_name(spec), "key": GRAFANA_ADMIN_KEY}}
     if grafana is None:
-        problems.append("no Deployment/grafana")
-    else:
-        pod = grafana["spec"]["template"]
-        if not GRAFANA_POD_LABELS.items() <= pod["metadata"].get("labels", {}).items():
-            problems.append(f"Grafana pods lack {GRAFANA_POD_LABELS} (NetworkPolicies)")
-        variables = _env_vars(_container(grafana))
-        for name, want in (
-            ("GF_SERVER_DOMAIN", env.grafana_domain),
-            ("GF_SERVER_ROOT_URL", f"https://{env.grafana_domain}/"),
-            ("GF_LOG_LEVEL", level),
-            ("GF_SECURITY_ADMIN_PASSWORD", admin),
-        ):
-            if variables.get(name) != want:
-                problems.append(f"Grafana {name} is {variables.get(name)!r}, not {want!r}")
+        return ["no Deployment/grafana"]
+    problems: list[str] = []
+    pod = grafana["spec"]["template"]
+    if not GRAFANA_POD_LABELS.items() <= pod["metadata"].get("labels", {}).items():
+        problems.append(f"Grafana pods lack {GRAFANA_POD_LABELS} (NetworkPolicies)")
+    variables = _env_vars(_container(grafana))
+    for name, want in (
+        ("GF_SERVER_DOMAIN", env.grafana_domain),
+        ("GF_SERVER_ROOT_URL", f"https://{env.grafana_domain}/"),
+        ("GF_LOG_LEVEL", level),
+        ("GF_SECURITY_ADMIN_PASSWORD", admin),
+    ):
+        if variables.get(name) != want:
+            problems.append(f"Grafana {name} is {variables.get(name)!r}, not {want!r}")
+    return problems
 
+
+def _grafana_ingress_problems(objects: Sequence[Manifest], env: Environment) -> list[str]:
     ingress = _find(objects, "Ingress", "grafana")
     if ingress is None:
-        problems.append("no Ingress/grafana")
-    else:
-        hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
-        tls = ingress["spec"].get("tls", [])
-        if hosts != [env.grafana_domain] or [t["hosts"] for t in tls] != [[env.grafana_domain]]:
-            problems.append(
-                f"Grafana's Ingress routes {hosts} (TLS {tls}), not {env.grafana_domain}"
-            )
-        if not all(t.get("secretName", "").startswith(env.secret_prefix) for t in tls):
-            problems.append(f"Grafana's TLS secret does not start with {env.secret_prefix!r}")
-        issuer = ingress["metadata"].get("annotations", {}).get("cert-manager.io/cluster-issuer")
-        if issuer != env.cluster.cluster_issuer:
-            problems.append(f"Grafana's certificate issuer is {issuer!r}")
-        if ingress["spec"].get("ingressClassName") != env.cluster.ingress_class:
-            problems.append(f"Grafana's IngressClass is not {env.cluster.ingress_class}")
+        return ["no Ingress/grafana"]
+    problems: list[str] = []
+    hosts = [rule["host"] for rule in ingress["spec"]["rules"]]
+    tls = ingress["spec"].get("tls", [])
+    if hosts != [env.grafana_domain] or [t["hosts"] for t in tls] != [[env.grafana_domain]]:
+        problems.append(f"Grafana's Ingress routes {hosts} (TLS {tls}), not {env.grafana_domain}")
+    if not all(t.get("secretName", "").startswith(env.secret_prefix) for t in tls):
+        problems.append(f"Grafana's TLS secret does not start with {env.secret_prefix!r}")
+    issuer = ingress["metadata"].get("annotations", {}).get("cert-manager.io/cluster-issuer")
+    if issuer != env.cluster.cluster_issuer:
+        problems.append(f"Grafana's certificate issuer is {issuer!r}")
+    if ingress["spec"].get("ingressClassName") != env.cluster.ingress_class:
+        problems.append(f"Grafana's IngressClass is not {env.cluster.ingress_class}")
     return problems
 
 

@@ -214,6 +214,11 @@ def network_policies(topology: Topology) -> list[Manifest]:
     controller to Grafana. Out of ``staging-monitoring``: itself, DNS, ``staging``, and
     for Prometheus alone the API server (service discovery); never production.
     """
+    return [*_staging_policies(topology), *_monitoring_policies(topology)]
+
+
+def _staging_policies(topology: Topology) -> list[Manifest]:
+    """Into ``staging``: its own pods, the ingress controller and staging's Prometheus."""
     env = topology.staging
     ns, mon = env.namespace, env.monitoring.namespace
     ingress_ns = env.cluster.ingress_namespace
@@ -266,6 +271,20 @@ def network_policies(topology: Topology) -> list[Manifest]:
                 ],
             },
         },
+    ]
+
+
+def _monitoring_policies(topology: Topology) -> list[Manifest]:
+    """In and out of ``staging-monitoring``: itself, DNS, ``staging``, Grafana's ingress.
+
+    And for Prometheus alone, the API server (service discovery); never production.
+    """
+    env = topology.staging
+    ns, mon = env.namespace, env.monitoring.namespace
+    ingress_ns = env.cluster.ingress_namespace
+    np = "networking.k8s.io/v1"
+    same_namespace: dict[str, Any] = {"podSelector": {}}
+    return [
         {
             "apiVersion": np,
             "kind": "NetworkPolicy",
@@ -363,8 +382,6 @@ def database(topology: Topology) -> list[Manifest]:
     name, ns = db.service, env.namespace
     selector = {"app.kubernetes.io/name": name}
     meta_labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "database"}
-    password_secret = next(env.secret_name(s) for s in topology.secrets if s.name == "database")
-    res = {"cpu": db.resources.cpu, "memory": db.resources.memory}
     return [
         {
             "apiVersion": "v1",
@@ -395,41 +412,7 @@ def database(topology: Topology) -> list[Manifest]:
                 "template": {
                     "metadata": {"labels": {**labels(env), **meta_labels}},
                     "spec": {
-                        "containers": [
-                            {
-                                "name": "postgres",
-                                "image": db.image,
-                                "args": [
-                                    arg
-                                    for key, value in postgres_settings(
-                                        db.resources.memory_bytes
-                                    ).items()
-                                    for arg in ("-c", f"{key}={value}")
-                                ],
-                                "ports": [{"name": "postgres", "containerPort": 5432}],
-                                "env": [
-                                    {"name": "POSTGRES_DB", "value": db.name},
-                                    {
-                                        "name": "POSTGRES_PASSWORD",
-                                        "valueFrom": {
-                                            "secretKeyRef": {
-                                                "name": password_secret,
-                                                "key": "password",
-                                            }
-                                        },
-                                    },
-                                    {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
-                                ],
-                                "resources": {"requests": res, "limits": res},
-                                "readinessProbe": {
-                                    "exec": {"command": ["pg_isready", "-U", "postgres"]},
-                                    "periodSeconds": 5,
-                                },
-                                "volumeMounts": [
-                                    {"name": "data", "mountPath": "/var/lib/postgresql/data"}
-                                ],
-                            }
-                        ],
+                        "containers": [_postgres_container(topology)],
                         "volumes": [
                             {"name": "data", "persistentVolumeClaim": {"claimName": f"{name}-data"}}
                         ],
@@ -438,6 +421,38 @@ def database(topology: Topology) -> list[Manifest]:
             },
         },
     ]
+
+
+def _postgres_container(topology: Topology) -> dict[str, Any]:
+    """The PostgreSQL container: settings sized to its memory, password from the Secret."""
+    env = topology.staging
+    db = env.database
+    password_secret = next(env.secret_name(s) for s in topology.secrets if s.name == "database")
+    res = {"cpu": db.resources.cpu, "memory": db.resources.memory}
+    return {
+        "name": "postgres",
+        "image": db.image,
+        "args": [
+            arg
+            for key, value in postgres_settings(db.resources.memory_bytes).items()
+            for arg in ("-c", f"{key}={value}")
+        ],
+        "ports": [{"name": "postgres", "containerPort": 5432}],
+        "env": [
+            {"name": "POSTGRES_DB", "value": db.name},
+            {
+                "name": "POSTGRES_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": password_secret, "key": "password"}},
+            },
+            {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+        ],
+        "resources": {"requests": res, "limits": res},
+        "readinessProbe": {
+            "exec": {"command": ["pg_isready", "-U", "postgres"]},
+            "periodSeconds": 5,
+        },
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+    }
 
 
 def staging_objects(topology: Topology, secret_values: SecretValues) -> list[Manifest]:

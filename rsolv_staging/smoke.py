@@ -575,14 +575,7 @@ def judge(
         notes: facts worth showing that are not failures.
         duration_ms: wall time of the check.
     """
-    failures = list(errors)
-    seen: set[str] = set()
-    for sample in samples:
-        for failure in expectation_failures(check, sample):
-            # One line per distinct problem, not one per request.
-            if failure not in seen:
-                seen.add(failure)
-                failures.append(failure)
+    failures = [*errors, *_distinct_failures(check, samples)]
     latencies = [s.elapsed_ms for s in samples]
     p95 = percentile(latencies, 95) if latencies else None
     if check.p95_ms is not None and p95 is not None and p95 > check.p95_ms:
@@ -590,15 +583,7 @@ def judge(
             f"p95 {p95:.0f} ms over budget {check.p95_ms:.0f} ms ({len(latencies)} requests)"
         )
     tls_days = days_until(tls_expiry, now) if tls_expiry is not None else None
-    if check.tls_min_days is not None:
-        if tls_days is None:
-            if not failures:
-                failures.append("no TLS certificate seen")
-        elif tls_days < check.tls_min_days:
-            failures.append(
-                f"TLS certificate expires in {tls_days:.1f} days "
-                f"(< {check.tls_min_days:g}; notAfter {tls_expiry:%Y-%m-%d %H:%M} UTC)"
-            )
+    failures += _tls_failures(check, tls_days, tls_expiry, failed_already=bool(failures))
     all_notes = list(notes)
     if attempts > 1 and samples:
         all_notes.append(f"answered after {attempts} warm-up attempts")
@@ -617,6 +602,40 @@ def judge(
         notes=all_notes,
         duration_ms=round(duration_ms, 3),
     )
+
+
+def _distinct_failures(check: Check, samples: Sequence[Sample]) -> list[str]:
+    """The expectation failures of all samples, each distinct problem once."""
+    failures: list[str] = []
+    seen: set[str] = set()
+    for sample in samples:
+        for failure in expectation_failures(check, sample):
+            # One line per distinct problem, not one per request.
+            if failure not in seen:
+                seen.add(failure)
+                failures.append(failure)
+    return failures
+
+
+def _tls_failures(
+    check: Check,
+    tls_days: float | None,
+    tls_expiry: dt.datetime | None,
+    *,
+    failed_already: bool,
+) -> list[str]:
+    """The check's TLS expectation, if it has one: a certificate valid long enough."""
+    if check.tls_min_days is None:
+        return []
+    if tls_days is None:
+        # Already failed otherwise (no answer, say): a missing certificate adds nothing.
+        return [] if failed_already else ["no TLS certificate seen"]
+    if tls_days < check.tls_min_days:
+        return [
+            f"TLS certificate expires in {tls_days:.1f} days "
+            f"(< {check.tls_min_days:g}; notAfter {tls_expiry:%Y-%m-%d %H:%M} UTC)"
+        ]
+    return []
 
 
 class SmokeReport(BaseModel):

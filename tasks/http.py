@@ -222,58 +222,11 @@ async def check_endpoint(
     Never raises for what the server does (that is a failed result); only for bugs.
     """
     started = time.perf_counter()
-    errors: list[str] = []
     notes: list[str] = []
     if not check.verify and check.url.startswith("https://"):
         notes.append("TLS certificate NOT verified (verify: false)")
-    samples: list[Sample] = []
-    expiry: dt.datetime | None = None
-    attempts = 0
-    stuck: _Answer | None = None  # the last warm-up status answer, if any
-
-    # Warm-up: retry what a starting service answers, until it answers or time is up.
-    while True:
-        attempts += 1
-        retry_after: float | None = None
-        try:
-            answer = await _exchange(client, check)
-        except (httpx.HTTPError, TimeoutError) as exc:
-            verification = _verification_error(exc)
-            if verification is not None:
-                errors.append(f"TLS certificate not trusted: {verification.verify_message}")
-                expiry = await _unverified_expiry(check.url, check.timeout_seconds)
-                break
-            if not isinstance(exc, _TRANSIENT_ERRORS) or _tls_error(exc) is not None:
-                errors.append(_describe(exc, check))
-                break
-            problem = _describe(exc, check)
-            stuck = None
-        else:
-            status = answer.sample.status
-            accepted = check.status is None or status in check.status
-            if status not in WARMUP_STATUSES or accepted:
-                samples.append(answer.sample)
-                expiry = _not_after(answer.certificate)
-                break
-            problem = f"status {status}"
-            retry_after = answer.retry_after
-            stuck = answer
-        spent = time.perf_counter() - started
-        delay = warmup.delay(attempts, rng)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        if spent + delay > warmup.budget_seconds:
-            errors.append(
-                f"not ready after {attempts} attempt{'s' if attempts > 1 else ''} in "
-                f"{spent:.1f} s (warm-up budget {warmup.budget_seconds:g} s): {problem}"
-            )
-            if stuck is not None:
-                # Keep the last answer so the report shows the status it was stuck on.
-                samples.append(stuck.sample)
-                expiry = _not_after(stuck.certificate)
-            break
-        await asyncio.sleep(delay)
-
+    first = await _warm_up(client, check, warmup=warmup, rng=rng, started=started)
+    samples, errors = list(first.samples), list(first.errors)
     # Measurement: the rest of the N requests, one after another on the same client,
     # so the latency is the service's and not contention this check causes itself.
     if samples and not errors:
@@ -287,13 +240,73 @@ async def check_endpoint(
     return judge(
         check,
         samples,
-        tls_expiry=expiry,
+        tls_expiry=first.expiry,
         now=dt.datetime.now(dt.UTC),
-        attempts=attempts,
+        attempts=first.attempts,
         errors=errors,
         notes=notes,
         duration_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+@dataclass(frozen=True)
+class _WarmUp:
+    """How the warm-up ended: the first accepted answer (or the one it was stuck on)."""
+
+    attempts: int
+    samples: list[Sample]
+    errors: list[str]
+    expiry: dt.datetime | None
+
+
+async def _warm_up(
+    client: httpx.AsyncClient,
+    check: Check,
+    *,
+    warmup: WarmupPolicy,
+    rng: random.Random,
+    started: float,
+) -> _WarmUp:
+    """Retry what a starting service answers, until it answers or time is up."""
+    attempts = 0
+    stuck: _Answer | None = None  # the last warm-up status answer, if any
+    while True:
+        attempts += 1
+        retry_after: float | None = None
+        try:
+            answer = await _exchange(client, check)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            verification = _verification_error(exc)
+            if verification is not None:
+                error = f"TLS certificate not trusted: {verification.verify_message}"
+                expiry = await _unverified_expiry(check.url, check.timeout_seconds)
+                return _WarmUp(attempts, [], [error], expiry)
+            if not isinstance(exc, _TRANSIENT_ERRORS) or _tls_error(exc) is not None:
+                return _WarmUp(attempts, [], [_describe(exc, check)], None)
+            problem = _describe(exc, check)
+            stuck = None
+        else:
+            status = answer.sample.status
+            accepted = check.status is None or status in check.status
+            if status not in WARMUP_STATUSES or accepted:
+                return _WarmUp(attempts, [answer.sample], [], _not_after(answer.certificate))
+            problem = f"status {status}"
+            retry_after = answer.retry_after
+            stuck = answer
+        spent = time.perf_counter() - started
+        delay = warmup.delay(attempts, rng)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        if spent + delay > warmup.budget_seconds:
+            error = (
+                f"not ready after {attempts} attempt{'s' if attempts > 1 else ''} in "
+                f"{spent:.1f} s (warm-up budget {warmup.budget_seconds:g} s): {problem}"
+            )
+            if stuck is None:
+                return _WarmUp(attempts, [], [error], None)
+            # Keep the last answer so the report shows the status it was stuck on.
+            return _WarmUp(attempts, [stuck.sample], [error], _not_after(stuck.certificate))
+        await asyncio.sleep(delay)
 
 
 async def execute_checks(
@@ -313,12 +326,7 @@ async def execute_checks(
         ConfigurationError: a CA bundle cannot be loaded (before any request is sent).
     """
     rng = random.Random(seed)
-    contexts: dict[_TLSKey, ssl.SSLContext] = {}
-    for check in checks:
-        key = _tls_key(check)
-        if key not in contexts:
-            bundles = [b for b in (ca_bundle, check.ca_bundle) if b is not None]
-            contexts[key] = ssl_context(verify=check.verify, ca_bundles=bundles)
+    contexts = _ssl_contexts(checks, ca_bundle)
     async with contextlib.AsyncExitStack() as stack:
         clients = {
             key: await stack.enter_async_context(
@@ -345,22 +353,34 @@ async def execute_checks(
             ),
             return_exceptions=True,
         )
-    results = []
-    for check, outcome in zip(checks, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            if not isinstance(outcome, Exception):
-                raise outcome  # KeyboardInterrupt, CancelledError: not ours to swallow
-            # A bug in one check must not hide the others' results; it fails that check.
-            _logger().error("check %s crashed", check.name, exc_info=outcome)
-            outcome = CheckResult(
-                name=check.name,
-                severity=check.severity,
-                url=check.url,
-                passed=False,
-                failures=[f"internal error: {outcome!r}"],
-            )
-        results.append(outcome)
-    return results
+    return [_result_or_crash(c, o) for c, o in zip(checks, outcomes, strict=True)]
+
+
+def _ssl_contexts(checks: Sequence[Check], ca_bundle: Path | None) -> dict[_TLSKey, ssl.SSLContext]:
+    """One SSL context per distinct TLS setting among ``checks``."""
+    contexts: dict[_TLSKey, ssl.SSLContext] = {}
+    for check in checks:
+        key = _tls_key(check)
+        if key not in contexts:
+            bundles = [b for b in (ca_bundle, check.ca_bundle) if b is not None]
+            contexts[key] = ssl_context(verify=check.verify, ca_bundles=bundles)
+    return contexts
+
+
+def _result_or_crash(check: Check, outcome: CheckResult | BaseException) -> CheckResult:
+    if not isinstance(outcome, BaseException):
+        return outcome
+    if not isinstance(outcome, Exception):
+        raise outcome  # KeyboardInterrupt, CancelledError: not ours to swallow
+    # A bug in one check must not hide the others' results; it fails that check.
+    _logger().error("check %s crashed", check.name, exc_info=outcome)
+    return CheckResult(
+        name=check.name,
+        severity=check.severity,
+        url=check.url,
+        passed=False,
+        failures=[f"internal error: {outcome!r}"],
+    )
 
 
 # ---------------------------------------------------------------------------- tasks

@@ -490,17 +490,7 @@ def wait_for_rollout(
         if remaining <= 0:
             break
         try:
-            for event in watch.Watch().stream(
-                resource.get,
-                namespace=namespace,
-                field_selector=f"metadata.name={name}",
-                resource_version=version,
-                serialize=False,
-                timeout_seconds=max(1, int(remaining)),
-                # A client-side bound too: a half-open connection must not outlive the
-                # deadline just because the server's timeoutSeconds never arrives.
-                _request_timeout=(settings.kube_request_timeout_seconds, remaining + 5),
-            ):
+            for event in _watch_deployment(resource, name, namespace, version, remaining, settings):
                 live = event.get("raw_object") or event["object"]
                 version = live["metadata"].get("resourceVersion", version)
                 ready, reason = rollout_verdict(live)
@@ -528,6 +518,24 @@ def wait_for_rollout(
         reason=f"{reason}; {_failure_details(dyn, live, settings)}",
         seconds=elapsed,
     )
+
+
+def _watch_deployment(
+    resource: Any, name: str, namespace: str, version: str, remaining: float, settings: Settings
+) -> Iterator[dict[str, Any]]:
+    """Watch events of one Deployment from ``version`` on, for at most ``remaining`` s."""
+    events: Iterator[dict[str, Any]] = watch.Watch().stream(
+        resource.get,
+        namespace=namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=version,
+        serialize=False,
+        timeout_seconds=max(1, int(remaining)),
+        # A client-side bound too: a half-open connection must not outlive the
+        # deadline just because the server's timeoutSeconds never arrives.
+        _request_timeout=(settings.kube_request_timeout_seconds, remaining + 5),
+    )
+    return events
 
 
 def restorable(obj: Mapping[str, Any]) -> dict[str, Any]:
