@@ -62,12 +62,12 @@ from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.sanitize import Rules, parse_rules
 from rsolv_staging.settings import REPO_ROOT, load_topology
 from rsolv_staging.sync import CONCURRENCY_LIMIT, Phase, SyncReport, report_markdown
-from tasks.postgres import resolve_dsn
-from tasks.postgres.sync import (
+from tasks.postgres import (
     copy_database,
     discard_new_copy,
     measure_staging_disk,
     prepare_sync,
+    resolve_dsn,
     resolve_sanitize_salt,
     swap_database,
     verify_copy,
