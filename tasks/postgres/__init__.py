@@ -45,6 +45,9 @@ from tasks.postgres.connections import (
     refuse_production,
     resolve_dsn,
 )
+
+# The load lock's key: the tests hold it to provoke a concurrent load.
+from tasks.postgres.loading import _LOAD_LOCK_KEY as _LOAD_LOCK_KEY
 from tasks.postgres.loading import (
     DeferredDDL,
     LoadReport,
