@@ -95,50 +95,57 @@ def _copy_extension_config(
                         f"production, {installed.get(extension)} on staging"
                     )
                     continue
-                tables = {m.key: m for m in members if m.kind == "r"}
-                with dst.transaction():
-                    if tables:
-                        dst.execute(
-                            sql.SQL("TRUNCATE ONLY {}").format(
-                                sql.SQL(", ").join(tables[t].ident for t in sorted(tables))
-                            )
-                        )
-                    for name in references_first({t: m.references for t, m in tables.items()}):
-                        columns = tables[name].column_list
-                        out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)")
-                        into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)")
-                        writer = dst.cursor()
-                        with (
-                            src.cursor().copy(out.format(tables[name].ident, columns)) as reader,
-                            writer.copy(into.format(tables[name].ident, columns)) as loader,
-                        ):
-                            for block in reader:
-                                loader.write(block)
-                        rows[name] = writer.rowcount
-                    for member in members:
-                        if member.kind != "S":
-                            continue
-                        row = src.execute(
-                            sql.SQL("SELECT last_value, is_called FROM {}").format(member.ident)
-                        ).fetchone()
-                        assert row is not None
-                        dst.execute(
-                            "SELECT setval(%s::regclass, %s, %s)",
-                            (member.ident.as_string(dst), row[0], row[1]),
-                        )
+                rows.update(_copy_config_of(src, dst, members))
     except psycopg.Error as exc:
         raise _error("copying extensions' configuration tables failed", exc, source_dsn) from None
     return rows, left_out
 
 
+def _copy_config_of(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    members: Sequence[_ConfigRelation],
+) -> dict[str, int]:
+    """One extension's configuration tables and sequences, in one transaction."""
+    rows: dict[str, int] = {}
+    tables = {m.key: m for m in members if m.kind == "r"}
+    with dst.transaction():
+        if tables:
+            dst.execute(
+                sql.SQL("TRUNCATE ONLY {}").format(
+                    sql.SQL(", ").join(tables[t].ident for t in sorted(tables))
+                )
+            )
+        for name in references_first({t: m.references for t, m in tables.items()}):
+            columns = tables[name].column_list
+            out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)")
+            into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)")
+            writer = dst.cursor()
+            with (
+                src.cursor().copy(out.format(tables[name].ident, columns)) as reader,
+                writer.copy(into.format(tables[name].ident, columns)) as loader,
+            ):
+                for block in reader:
+                    loader.write(block)
+            rows[name] = writer.rowcount
+        for member in members:
+            if member.kind != "S":
+                continue
+            row = src.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(member.ident)
+            ).fetchone()
+            assert row is not None
+            dst.execute(
+                "SELECT setval(%s::regclass, %s, %s)",
+                (member.ident.as_string(dst), row[0], row[1]),
+            )
+    return rows
+
+
 # Large objects come with their listing, 256 at a time, with their first 64 KiB (most fit
 # whole: at most 16 MiB in memory); longer ones follow in 1 MiB pieces.
 _LO_BATCH = 256
-
-
 _LO_FIRST = 1 << 16
-
-
 _LO_PIECE = 1 << 20
 
 
@@ -157,61 +164,79 @@ def _copy_large_objects(
     with ``lo_from_bytea``/``lo_put``, a batch per round trip (pipelined). With ``empty``
     each object is created empty under its OID, and no content is read.
     """
-    count = nbytes = 0
-    content = (
-        sql.SQL("''::bytea")
-        if empty
-        else sql.SQL("lo_get(m.oid, 0, {})").format(sql.Literal(_LO_FIRST))
-    )
     try:
         with (
             source_session(source_dsn, snapshot) as src,
             connect_for_writing(new_dsn, production) as dst,
         ):
-            longer: list[int] = []
             with src.cursor(name="rsolv_large_objects") as objects, dst.cursor() as out:
-                objects.itersize = _LO_BATCH
-                objects.execute(
-                    sql.SQL(
-                        "SELECT m.oid, {}, obj_description(m.oid, 'pg_largeobject') "
-                        "FROM pg_largeobject_metadata m ORDER BY m.oid"
-                    ).format(content)
-                )
-                while batch := objects.fetchmany(_LO_BATCH):
-                    out.executemany(
-                        "SELECT lo_from_bytea(%s, %s)", [(oid, data) for oid, data, _ in batch]
-                    )
-                    comments = [
-                        sql.SQL("COMMENT ON LARGE OBJECT {} IS {}").format(
-                            sql.Literal(int(oid)), sql.Literal(comment)
-                        )
-                        for oid, _, comment in batch
-                        if comment is not None
-                    ]
-                    if comments:  # a utility statement takes no parameters: one string
-                        out.execute(sql.SQL("; ").join(comments))
-                    # Each COMMENT holds a lock until commit: one transaction for all would
-                    # run out of lock slots (the new database has no readers yet).
-                    dst.commit()
-                    count += len(batch)
-                    nbytes += sum(len(data) for _, data, _ in batch)
-                    longer += [int(oid) for oid, data, _ in batch if len(data) == _LO_FIRST]
-                for oid in longer:
-                    offset = _LO_FIRST
-                    while True:
-                        row = src.execute(
-                            "SELECT lo_get(%s, %s, %s)", (oid, offset, _LO_PIECE)
-                        ).fetchone()
-                        piece = bytes(row[0]) if row else b""
-                        if not piece:
-                            break
-                        out.execute("SELECT lo_put(%s, %s, %s)", (oid, offset, piece))
-                        offset += len(piece)
-                        nbytes += len(piece)
+                count, nbytes, longer = _copy_large_object_firsts(objects, out, dst, empty=empty)
+                nbytes += _copy_large_object_rests(src, out, longer)
             dst.commit()
     except psycopg.Error as exc:
         raise _error("copying large objects failed", exc, source_dsn) from None
     return count, nbytes
+
+
+def _copy_large_object_firsts(
+    objects: psycopg.ServerCursor[Any],
+    out: psycopg.Cursor[Any],
+    dst: psycopg.Connection[Any],
+    *,
+    empty: bool,
+) -> tuple[int, int, list[int]]:
+    """Every large object with its first piece and comment, a batch per transaction;
+    returns (objects, bytes, the objects longer than their first piece)."""
+    count = nbytes = 0
+    longer: list[int] = []
+    content = (
+        sql.SQL("''::bytea")
+        if empty
+        else sql.SQL("lo_get(m.oid, 0, {})").format(sql.Literal(_LO_FIRST))
+    )
+    objects.itersize = _LO_BATCH
+    objects.execute(
+        sql.SQL(
+            "SELECT m.oid, {}, obj_description(m.oid, 'pg_largeobject') "
+            "FROM pg_largeobject_metadata m ORDER BY m.oid"
+        ).format(content)
+    )
+    while batch := objects.fetchmany(_LO_BATCH):
+        out.executemany("SELECT lo_from_bytea(%s, %s)", [(oid, data) for oid, data, _ in batch])
+        comments = [
+            sql.SQL("COMMENT ON LARGE OBJECT {} IS {}").format(
+                sql.Literal(int(oid)), sql.Literal(comment)
+            )
+            for oid, _, comment in batch
+            if comment is not None
+        ]
+        if comments:  # a utility statement takes no parameters: one string
+            out.execute(sql.SQL("; ").join(comments))
+        # Each COMMENT holds a lock until commit: one transaction for all would
+        # run out of lock slots (the new database has no readers yet).
+        dst.commit()
+        count += len(batch)
+        nbytes += sum(len(data) for _, data, _ in batch)
+        longer += [int(oid) for oid, data, _ in batch if len(data) == _LO_FIRST]
+    return count, nbytes, longer
+
+
+def _copy_large_object_rests(
+    src: psycopg.Connection[Any], out: psycopg.Cursor[Any], longer: Sequence[int]
+) -> int:
+    """The rest of each longer large object, piece by piece; returns its bytes."""
+    nbytes = 0
+    for oid in longer:
+        offset = _LO_FIRST
+        while True:
+            row = src.execute("SELECT lo_get(%s, %s, %s)", (oid, offset, _LO_PIECE)).fetchone()
+            piece = bytes(row[0]) if row else b""
+            if not piece:
+                break
+            out.execute("SELECT lo_put(%s, %s, %s)", (oid, offset, piece))
+            offset += len(piece)
+            nbytes += len(piece)
+    return nbytes
 
 
 def large_objects_checksum(conn: psycopg.Connection[Any]) -> str:

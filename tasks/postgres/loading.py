@@ -239,57 +239,67 @@ def copy_blocks(
     """
     pending: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for block in blocks:
-                while not stop.is_set():
-                    try:
-                        pending.put(block, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        finally:
-            # Even when generation fails, wake the consumer; the exception reaches the
-            # caller through the future.
-            while not stop.is_set():
-                try:
-                    pending.put(_END, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-
-    loads: list[TableLoad] = []
-    loaded = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthetic-producer") as pool:
-        producer = pool.submit(produce)
+        producer = pool.submit(_produce, blocks, pending, stop)
         try:
-            with conn.cursor() as cur:
-                item = pending.get()
-                while item is not _END:
-                    table, columns = item.table, item.columns
-                    started, rows = time.perf_counter(), 0
-                    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
-                    )
-                    with cur.copy(statement) as copy:
-                        while item is not _END and item.table == table:
-                            copy.write(item.data)
-                            rows += item.rows
-                            loaded += item.rows
-                            if on_progress is not None:
-                                on_progress(loaded)
-                            item = pending.get()
-                    if after_table is not None:
-                        after_table(table)
-                    loads.append(
-                        TableLoad(table=table, rows=rows, seconds=time.perf_counter() - started)
-                    )
+            loads = _consume(conn, pending, on_progress, after_table)
         finally:
             stop.set()
         producer.result()  # re-raises a generation failure
+    return loads
+
+
+def _put(pending: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+    """Put ``item`` in the queue unless the consumer stops first."""
+    while not stop.is_set():
+        try:
+            pending.put(item, timeout=0.1)
+            break
+        except queue.Full:
+            continue
+
+
+def _produce(blocks: Iterable[Block], pending: queue.Queue[Any], stop: threading.Event) -> None:
+    """The producer thread: render ``blocks`` into ``pending``, then the end marker."""
+    try:
+        for block in blocks:
+            _put(pending, block, stop)
+            if stop.is_set():
+                return
+    finally:
+        # Even when generation fails, wake the consumer; the exception reaches the
+        # caller through the future.
+        _put(pending, _END, stop)
+
+
+def _consume(
+    conn: psycopg.Connection[Any],
+    pending: queue.Queue[Any],
+    on_progress: Callable[[int], None] | None,
+    after_table: Callable[[str], None] | None,
+) -> list[TableLoad]:
+    """Stream the queued blocks to the server, one COPY per table, until the end marker."""
+    loads: list[TableLoad] = []
+    loaded = 0
+    with conn.cursor() as cur:
+        item = pending.get()
+        while item is not _END:
+            table, columns = item.table, item.columns
+            started, rows = time.perf_counter(), 0
+            statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+            )
+            with cur.copy(statement) as copy:
+                while item is not _END and item.table == table:
+                    copy.write(item.data)
+                    rows += item.rows
+                    loaded += item.rows
+                    if on_progress is not None:
+                        on_progress(loaded)
+                    item = pending.get()
+            if after_table is not None:
+                after_table(table)
+            loads.append(TableLoad(table=table, rows=rows, seconds=time.perf_counter() - started))
     return loads
 
 
@@ -353,36 +363,8 @@ def copy_rows(
     with connect_for_writing(dsn, production) as conn:
         try:
             with conn.transaction():
-                conn.execute(
-                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
-                )
-                # Losing the last commit to a crash is harmless: the flow is rerun.
-                conn.execute("SET LOCAL synchronous_commit = off")
-                locked = conn.execute(
-                    "SELECT pg_try_advisory_xact_lock(%s)", (_LOAD_LOCK_KEY,)
-                ).fetchone()
-                if not locked or not locked[0]:
-                    failure = DataError(
-                        "another synthetic-data load is running on this database; retry later"
-                    )
-                    raise failure
-                deferred: DeferredDDL | None = None
-                if mode == "truncate":
-                    truncate_tables(conn, tables)
-                    deferred = defer_ddl(conn, tables)
-                loads = copy_blocks(
-                    conn,
-                    generate_blocks(plan, batch_rows=batch_rows),
-                    on_progress=_progress_reporter(progress_artifact_id, plan.total_rows),
-                    after_table=(
-                        None
-                        if deferred is None
-                        else functools.partial(restore_table_ddl, conn, deferred)
-                    ),
-                )
-                if deferred is not None:
-                    restore_ddl(conn, deferred)
-                _reset_sequences(conn, tables)
+                _lock_load(conn)
+                loads = _load(conn, plan, mode, tables, batch_rows, progress_artifact_id)
         except psycopg.Error as exc:
             failure = _error(f"loading {mode} failed, nothing was committed", exc, dsn)
         else:
@@ -391,3 +373,42 @@ def copy_rows(
                 update_progress_artifact(progress_artifact_id, 100.0)
             return report
     raise failure
+
+
+def _lock_load(conn: psycopg.Connection[Any]) -> None:
+    """Set up the load's transaction and take the database's load lock (or fail fast)."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+    # Losing the last commit to a crash is harmless: the flow is rerun.
+    conn.execute("SET LOCAL synchronous_commit = off")
+    locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOAD_LOCK_KEY,)).fetchone()
+    if not locked or not locked[0]:
+        failure = DataError("another synthetic-data load is running on this database; retry later")
+        raise failure
+
+
+def _load(
+    conn: psycopg.Connection[Any],
+    plan: SyntheticPlan,
+    mode: Literal["truncate", "append"],
+    tables: Sequence[str],
+    batch_rows: int,
+    progress_artifact_id: UUID | None,
+) -> list[TableLoad]:
+    """The load, in the caller's transaction: truncate and defer the DDL (truncate mode),
+    COPY the generated blocks, restore the DDL, move the sequences."""
+    deferred: DeferredDDL | None = None
+    if mode == "truncate":
+        truncate_tables(conn, tables)
+        deferred = defer_ddl(conn, tables)
+    loads = copy_blocks(
+        conn,
+        generate_blocks(plan, batch_rows=batch_rows),
+        on_progress=_progress_reporter(progress_artifact_id, plan.total_rows),
+        after_table=(
+            None if deferred is None else functools.partial(restore_table_ddl, conn, deferred)
+        ),
+    )
+    if deferred is not None:
+        restore_ddl(conn, deferred)
+    _reset_sequences(conn, tables)
+    return loads

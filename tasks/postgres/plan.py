@@ -4,6 +4,8 @@ refusals), the :class:`SyncPlan` it decides, a previous run's leftovers
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -135,7 +137,6 @@ def prepare_sync(
         live_name: The staging database the copy replaces.
         rules: Sanitization rules, or None for a direct copy.
     """
-    logger = _logger()
     names = sync_names(live_name)
     target_at = refuse_production(target_dsn, production)
     source_at = parse_target(source_dsn)
@@ -143,9 +144,82 @@ def prepare_sync(
         source_at.dbname in (live_name, names.new, target_at.dbname)
     ):
         raise GuardError(f"refusing to sync: the target {target_at} is the source {source_at}")
+    source = _inspect_source(source_dsn, rules)
+    same_server = GuardError(
+        f"refusing to sync: the target {target_at} is the same PostgreSQL server as "
+        f"the source {source_at} (same system identifier and start time)"
+    )
+    target = _inspect_target(target_dsn, production, live_name, source.identity, same_server)
+    _refuse_missing_rights(target, source.forced, live_name)
+    _refuse_missing_dependencies(source, target)
+    tools = find_tools()
+    tool_dir = choose_tools(major_of(source.version), major_of(target.version), tools)
+    masked, unmasked = _masking(rules, source)
+    staging_bytes = _clean_up_staging(target_dsn, production, names, source.bytes)
+    tool_major = next(v for v, d in tools.items() if d == tool_dir)
+    _logger().info(
+        "Sync %s (PostgreSQL %d) -> %s database %s (PostgreSQL %d) with %s tools from %s",
+        source_at,
+        major_of(source.version),
+        target_at,
+        live_name,
+        major_of(target.version),
+        tool_major,
+        tool_dir,
+    )
+    return SyncPlan(
+        source=str(source_at),
+        target=str(target_at),
+        live=names.live,
+        new=names.new,
+        old=names.old,
+        gone=names.gone,
+        tools=tool_dir,
+        source_version=source.version,
+        target_version=target.version,
+        masked=masked,
+        unmasked_personal=unmasked,
+        source_bytes=source.bytes,
+        staging_bytes=staging_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class _SourceView:
+    """What prepare_sync learns of the source (read-only, in one snapshot)."""
+
+    version: int
+    identity: tuple[str, str]
+    extensions: set[str]
+    columns: dict[str, tuple[str, bool]]
+    policy_roles: set[str]
+    ancestors: dict[str, list[str]]
+    forced: list[str]  # tables with FORCE ROW LEVEL SECURITY
+    large_objects: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class _TargetView:
+    """What prepare_sync learns of staging's server, and the sync role's rights there."""
+
+    version: int
+    identity: tuple[str, str]
+    available: set[str]  # extensions
+    roles: set[str]
+    superuser: bool
+    createdb: bool
+    signal: bool  # member of pg_signal_backend
+    owns_live: bool | None  # None: no live database yet
+    bypassrls: bool
+
+
+def _inspect_source(source_dsn: SecretStr, rules: Rules | None) -> _SourceView:
+    """Read the source; refuse rows row-level security would hide, and large objects
+    the sync's role may not read (unless the rules empty them)."""
     with source_session(source_dsn) as src:
-        source_version = src.info.server_version
-        source_identity = _server_identity(src)
+        version = src.info.server_version
+        identity = _server_identity(src)
         extensions = {
             str(r[0])
             for r in src.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'")
@@ -166,26 +240,49 @@ def prepare_sync(
         count_row = src.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
         large_objects = int(count_row[0]) if count_row else 0
         if large_objects and not (rules is not None and rules.large_objects == "empty"):
-            try:
-                # Opens each for reading, reads nothing: a role without SELECT on one
-                # fails here, not after the tables are copied.
-                src.execute("SELECT count(lo_get(oid, 0, 0)) FROM pg_largeobject_metadata")
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise ConfigurationError(
-                    "the sync's role cannot read every large object of the source, nothing "
-                    f"was copied ({_redact(str(exc).strip(), source_dsn)}): grant it SELECT "
-                    "on them, or say large_objects: empty in the rules file"
-                ) from None
+            _check_large_objects_readable(src, source_dsn)
         size_row = src.execute("SELECT pg_database_size(current_database())").fetchone()
         source_bytes = int(size_row[0]) if size_row else 0
         src.rollback()
+    return _SourceView(
+        version=version,
+        identity=identity,
+        extensions=extensions,
+        columns=columns,
+        policy_roles=policy_roles,
+        ancestors=ancestors,
+        forced=forced,
+        large_objects=large_objects,
+        bytes=source_bytes,
+    )
+
+
+def _check_large_objects_readable(src: psycopg.Connection[Any], source_dsn: SecretStr) -> None:
+    try:
+        # Opens each for reading, reads nothing: a role without SELECT on one
+        # fails here, not after the tables are copied.
+        src.execute("SELECT count(lo_get(oid, 0, 0)) FROM pg_largeobject_metadata")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigurationError(
+            "the sync's role cannot read every large object of the source, nothing "
+            f"was copied ({_redact(str(exc).strip(), source_dsn)}): grant it SELECT "
+            "on them, or say large_objects: empty in the rules file"
+        ) from None
+
+
+def _inspect_target(
+    target_dsn: SecretStr,
+    production: Database,
+    live_name: str,
+    source_identity: tuple[str, str],
+    same_server: GuardError,
+) -> _TargetView:
+    """Read staging's server; refuse it (``same_server``) when it is the source's."""
     with _admin(target_dsn, production) as dst:
-        target_version = dst.info.server_version
-        if _server_identity(dst) == source_identity:
-            raise GuardError(
-                f"refusing to sync: the target {target_at} is the same PostgreSQL server as "
-                f"the source {source_at} (same system identifier and start time)"
-            )
+        version = dst.info.server_version
+        identity = _server_identity(dst)
+        if identity == source_identity:
+            raise same_server
         available = {str(r[0]) for r in dst.execute("SELECT name FROM pg_available_extensions")}
         roles = {str(r[0]) for r in dst.execute("SELECT rolname FROM pg_roles")}
         rights = dst.execute(
@@ -195,15 +292,29 @@ def prepare_sync(
             (live_name,),
         ).fetchone()
     superuser, createdb, signal, owns_live, bypassrls = rights or (False,) * 5
+    return _TargetView(
+        version=version,
+        identity=identity,
+        available=available,
+        roles=roles,
+        superuser=superuser,
+        createdb=createdb,
+        signal=signal,
+        owns_live=owns_live,
+        bypassrls=bypassrls,
+    )
+
+
+def _refuse_missing_rights(target: _TargetView, forced: Sequence[str], live_name: str) -> None:
     # The copy creates databases, and the swap renames the live one and ends the sessions
     # on it: without the rights to do all of it, the run would fail at the very end.
-    if not superuser:
+    if not target.superuser:
         lacking = []
-        if not createdb:
+        if not target.createdb:
             lacking.append("CREATEDB")
-        if owns_live is False:
+        if target.owns_live is False:
             lacking.append(f"ownership of {live_name} (ALTER DATABASE ... OWNER TO it)")
-        if not signal:
+        if not target.signal:
             lacking.append("membership in pg_signal_backend (to end staging's sessions)")
         if lacking:
             raise ConfigurationError(
@@ -214,14 +325,17 @@ def prepare_sync(
     # On staging the sync's role owns every table (ownership is not copied), but FORCE
     # ROW LEVEL SECURITY applies policies to owners too: verification would count, and
     # materialized views would see, only some rows.
-    if forced and not (superuser or bypassrls):
+    if forced and not (target.superuser or target.bypassrls):
         raise ConfigurationError(
             "the source forces row-level security on "
             + ", ".join(forced)
             + ": staging's sync role must bypass it (BYPASSRLS or superuser) to load and "
             "verify them; nothing was copied"
         )
-    missing = sorted(extensions - available)
+
+
+def _refuse_missing_dependencies(source: _SourceView, target: _TargetView) -> None:
+    missing = sorted(source.extensions - target.available)
     if missing:
         raise ConfigurationError(
             "extensions used by the source are not available on the target server: "
@@ -229,34 +343,44 @@ def prepare_sync(
         )
     # Ownership and grants are left out, but a row-level security policy names its
     # roles in its definition: restoring it needs them (the restore would fail late).
-    missing = sorted(policy_roles - roles)
+    missing = sorted(source.policy_roles - target.roles)
     if missing:
         raise ConfigurationError(
             "roles named by the source's row-level security policies do not exist on "
             "staging's server (create them there, then sync again): " + ", ".join(missing)
         )
-    tools = find_tools()
-    tool_dir = choose_tools(major_of(source_version), major_of(target_version), tools)
+
+
+def _masking(rules: Rules | None, source: _SourceView) -> tuple[dict[str, str], list[str]]:
+    """What the rules mask (column -> strategy), and what looks personal but is not."""
     masked: dict[str, str] = {}
     if rules is not None:
-        problems = check_rules(rules, columns)
+        problems = check_rules(rules, source.columns)
         if problems:
             raise ConfigurationError(
                 "sanitize rules do not match the source, nothing was copied: " + "; ".join(problems)
             )
-        rules = inherit_rules(rules, ancestors, columns)
+        rules = inherit_rules(rules, source.ancestors, source.columns)
         masked = _masked_labels(rules)
-    unmasked = personal_columns(columns, rules)
-    if rules is not None and large_objects:
+    unmasked = personal_columns(source.columns, rules)
+    if rules is not None and source.large_objects:
         if rules.large_objects is None:
             # Documents and images are the usual content: as personal as any column.
-            unmasked.append(f"{large_objects} large objects (large_objects: keep or empty)")
+            unmasked.append(f"{source.large_objects} large objects (large_objects: keep or empty)")
         else:
             masked[LARGE_OBJECTS] = rules.large_objects
     if unmasked:
-        logger.warning(
+        _logger().warning(
             "Columns that look personal and have no sanitize rule: %s", ", ".join(unmasked)
         )
+    return masked, unmasked
+
+
+def _clean_up_staging(
+    target_dsn: SecretStr, production: Database, names: SyncNames, source_bytes: int
+) -> int:
+    """Drop an earlier run's leftovers; returns the size of staging's databases then."""
+    logger = _logger()
     leftovers = drop_leftovers(target_dsn, production, names)
     if leftovers:
         logger.info("Dropped leftovers of an earlier run: %s", ", ".join(leftovers))
@@ -268,32 +392,7 @@ def prepare_sync(
         staging_bytes / 1e6,
         source_bytes / 1e6,
     )
-    tool_major = next(v for v, d in tools.items() if d == tool_dir)
-    logger.info(
-        "Sync %s (PostgreSQL %d) -> %s database %s (PostgreSQL %d) with %s tools from %s",
-        source_at,
-        major_of(source_version),
-        target_at,
-        live_name,
-        major_of(target_version),
-        tool_major,
-        tool_dir,
-    )
-    return SyncPlan(
-        source=str(source_at),
-        target=str(target_at),
-        live=names.live,
-        new=names.new,
-        old=names.old,
-        gone=names.gone,
-        tools=tool_dir,
-        source_version=source_version,
-        target_version=target_version,
-        masked=masked,
-        unmasked_personal=unmasked,
-        source_bytes=source_bytes,
-        staging_bytes=staging_bytes,
-    )
+    return staging_bytes
 
 
 def _masked_labels(rules: Rules) -> dict[str, str]:

@@ -71,10 +71,43 @@ def _pipe_table(
     through Python. With ``masking`` (column order, masker), text COPY whose rows this
     thread masks block by block before the target receives them.
     """
-    src_info, src_env, src_dsn = ends.source
-    dst_info, dst_env, dst_dsn = ends.target
-    masker = None if masking is None else masking[1]
-    fmt = "binary" if masker is None else "text"
+    reader_command, writer_command = _psql_commands(bindir, src, table, snapshot, ends, masking)
+    reader = children.start(
+        reader_command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ends.source[1]
+    )
+    try:
+        writer = children.start(
+            writer_command,
+            stdin=subprocess.PIPE if masking is not None else reader.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ends.target[1],
+        )
+    except BaseException:
+        reader.kill()  # not left holding its snapshot on production
+        reader.wait()
+        children.finished(reader)
+        raise
+    assert reader.stdout is not None
+    _widen(reader.stdout)
+    if masking is None:
+        reader.stdout.close()  # the writer's now: the reader sees a broken pipe if it dies
+    else:
+        _relay_masked(reader, writer, masking[1])
+    return _copy_counts(reader, writer, children, table, ends)
+
+
+def _psql_commands(
+    bindir: Path,
+    src: psycopg.Connection[Any],
+    table: _Table,
+    snapshot: str,
+    ends: _PipeEnds,
+    masking: _Masking | None,
+) -> tuple[list[str], list[str]]:
+    """The command lines of the reading and the writing psql of one table's copy."""
+    src_info, dst_info = ends.source[0], ends.target[0]
+    fmt = "binary" if masking is None else "text"
     columns = table.column_list
     if masking is not None:
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in masking[0])
@@ -89,7 +122,7 @@ def _pipe_table(
         table.ident, columns, sql.SQL(fmt)
     )
     psql = [str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1"]
-    if masker is not None:
+    if masking is not None:
         # Text rows are rendered by one session and parsed by another: same settings.
         same = (
             "DateStyle=ISO,YMD",
@@ -98,78 +131,74 @@ def _pipe_table(
             "extra_float_digits=3",
         )
         src_info, dst_info = _with_settings(src_info, *same), _with_settings(dst_info, *same)
-    reader = children.start(
-        [
-            *psql,
-            "-o",
-            "/dev/stderr",
-            "-c",
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            "-c",
-            f"SET TRANSACTION SNAPSHOT '{snapshot}'",
-            "-c",
-            out.as_string(src),
-            "-d",
-            src_info,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=src_env,
-    )
-    try:
-        writer = children.start(
-            [
-                *psql,
-                "-c",
-                "SET synchronous_commit = off",
-                "-c",
-                "BEGIN",
-                # FREEZE needs the table emptied in the same transaction; it is empty anyway.
-                "-c",
-                sql.SQL("TRUNCATE ONLY {}").format(table.ident).as_string(src),
-                "-c",
-                into.as_string(src),
-                "-c",
-                "COMMIT",
-                "-d",
-                dst_info,
-            ],
-            stdin=subprocess.PIPE if masker is not None else reader.stdout,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dst_env,
-        )
-    except BaseException:
-        reader.kill()  # not left holding its snapshot on production
-        reader.wait()
-        children.finished(reader)
-        raise
+    reader = [
+        *psql,
+        "-o",
+        "/dev/stderr",
+        "-c",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        "-c",
+        f"SET TRANSACTION SNAPSHOT '{snapshot}'",
+        "-c",
+        out.as_string(src),
+        "-d",
+        src_info,
+    ]
+    writer = [
+        *psql,
+        "-c",
+        "SET synchronous_commit = off",
+        "-c",
+        "BEGIN",
+        # FREEZE needs the table emptied in the same transaction; it is empty anyway.
+        "-c",
+        sql.SQL("TRUNCATE ONLY {}").format(table.ident).as_string(src),
+        "-c",
+        into.as_string(src),
+        "-c",
+        "COMMIT",
+        "-d",
+        dst_info,
+    ]
+    return reader, writer
+
+
+def _relay_masked(
+    reader: subprocess.Popen[bytes], writer: subprocess.Popen[bytes], masker: LineMasker
+) -> None:
+    """Mask the reader's rows block by block into the writer's input, then close both."""
     assert reader.stdout is not None
-    _widen(reader.stdout)
-    if masker is None:
-        reader.stdout.close()  # the writer's now: the reader sees a broken pipe if it dies
-    else:
-        assert writer.stdin is not None
-        _widen(writer.stdin)
-        try:
-            source_fd = reader.stdout.fileno()
-            while block := os.read(source_fd, _RELAY_CHUNK):
-                writer.stdin.write(masker.feed(block))
-            masker.close()
-        except BrokenPipeError:
-            pass  # the writer failed; its stderr says why
-        except BaseException:
-            # Masking failed: closing the writer's input would end its COPY normally and
-            # commit the rows so far. Kill both ends first, and reap them.
-            for process in (writer, reader):
-                process.kill()
-            for process in (writer, reader):
-                process.wait()
-            raise
-        finally:
-            with suppress(OSError):  # a killed writer: the flush of its input fails
-                writer.stdin.close()
-            reader.stdout.close()
+    assert writer.stdin is not None
+    _widen(writer.stdin)
+    try:
+        source_fd = reader.stdout.fileno()
+        while block := os.read(source_fd, _RELAY_CHUNK):
+            writer.stdin.write(masker.feed(block))
+        masker.close()
+    except BrokenPipeError:
+        pass  # the writer failed; its stderr says why
+    except BaseException:
+        # Masking failed: closing the writer's input would end its COPY normally and
+        # commit the rows so far. Kill both ends first, and reap them.
+        for process in (writer, reader):
+            process.kill()
+        for process in (writer, reader):
+            process.wait()
+        raise
+    finally:
+        with suppress(OSError):  # a killed writer: the flush of its input fails
+            writer.stdin.close()
+        reader.stdout.close()
+
+
+def _copy_counts(
+    reader: subprocess.Popen[bytes],
+    writer: subprocess.Popen[bytes],
+    children: _Children,
+    table: _Table,
+    ends: _PipeEnds,
+) -> tuple[int, int]:
+    """Wait for both psql processes; the rows the reader sent and the writer took."""
     reader_err = reader.stderr.read().decode(errors="replace") if reader.stderr else ""
     assert writer.stdout is not None
     assert writer.stderr is not None
@@ -180,9 +209,9 @@ def _pipe_table(
     if reader.returncode != 0 or writer.returncode != 0:
         detail = (
             # Without the reader's command tags (-o /dev/stderr): only what went wrong.
-            _redact(_TAG_LINES.sub("", reader_err).strip(), src_dsn)
+            _redact(_TAG_LINES.sub("", reader_err).strip(), ends.source[2])
             + " "
-            + _redact(writer_err.decode(errors="replace").strip(), dst_dsn)
+            + _redact(writer_err.decode(errors="replace").strip(), ends.target[2])
         )
         raise DataError(f"copying {table.key} failed: {detail.strip()[-2000:]}")
     sent = _COPY_TAG.findall(reader_err)

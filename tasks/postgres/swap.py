@@ -17,6 +17,7 @@ from rsolv_staging.exceptions import DataError
 from rsolv_staging.settings import load_settings
 from rsolv_staging.sync import (
     StagingDisk,
+    SyncNames,
 )
 from tasks.postgres.connections import _error, _redact
 from tasks.postgres.plan import SyncPlan, _database_sizes, drop_leftovers
@@ -43,42 +44,12 @@ def swap_database(target_dsn: SecretStr, production: Database, plan: SyncPlan) -
     Returns:
         The rollback database (the previous live one), or None on a first sync.
     """
-    logger = _logger()
     names = plan.names
     attempts = load_settings().sync_swap_attempts
     with _admin(target_dsn, production) as conn:
         for attempt in range(1, attempts + 1):
             try:
-                with conn.transaction():
-                    conn.execute("SET LOCAL lock_timeout = '10s'")
-                    if not _exists(conn, names.new):
-                        raise DataError(f"{names.new} does not exist: nothing to swap in")
-                    if _exists(conn, names.old):
-                        _terminate(conn, names.old)
-                        conn.execute(
-                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                sql.Identifier(names.old), sql.Identifier(names.gone)
-                            )
-                        )
-                    live = _exists(conn, names.live)
-                    if live:
-                        n = _terminate(conn, names.live)
-                        logger.warning(
-                            "Swapping staging database %s: terminated %d open connection(s) "
-                            "to it; clients reconnect to the new copy",
-                            names.live,
-                            n,
-                        )
-                        conn.execute(
-                            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                                sql.Identifier(names.live), sql.Identifier(names.old)
-                            )
-                        )
-                    conn.execute(
-                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                            sql.Identifier(names.new), sql.Identifier(names.live)
-                        )
-                    )
+                live = _rename_in(conn, names)
                 break
             except psycopg.errors.ObjectInUse as exc:
                 if attempt == attempts:
@@ -90,24 +61,57 @@ def swap_database(target_dsn: SecretStr, production: Database, plan: SyncPlan) -
                 raise _error(
                     f"swapping {names.live} failed, it is unchanged", exc, target_dsn
                 ) from None
-        try:
-            if _exists(conn, names.gone):
-                conn.execute(
-                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(names.gone))
-                )
-        except psycopg.Error as exc:
-            # The swap has committed: the run succeeded, and the next run drops it.
-            logger.warning(
-                "%s (the copy before the rollback one) stays until the next run: %s",
-                names.gone,
-                _redact(str(exc).strip(), target_dsn),
-            )
-    logger.info(
+        _drop_gone(conn, names, target_dsn)
+    _logger().info(
         "Staging database %s replaced; previous copy kept as %s",
         names.live,
         names.old if live else "(none)",
     )
     return names.old if live else None
+
+
+def _rename(conn: psycopg.Connection[Any], old: str, new: str) -> None:
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
+
+
+def _rename_in(conn: psycopg.Connection[Any], names: SyncNames) -> bool:
+    """The renames of the swap, in one transaction; whether there was a live database."""
+    with conn.transaction():
+        conn.execute("SET LOCAL lock_timeout = '10s'")
+        if not _exists(conn, names.new):
+            raise DataError(f"{names.new} does not exist: nothing to swap in")
+        if _exists(conn, names.old):
+            _terminate(conn, names.old)
+            _rename(conn, names.old, names.gone)
+        live = _exists(conn, names.live)
+        if live:
+            n = _terminate(conn, names.live)
+            _logger().warning(
+                "Swapping staging database %s: terminated %d open connection(s) "
+                "to it; clients reconnect to the new copy",
+                names.live,
+                n,
+            )
+            _rename(conn, names.live, names.old)
+        _rename(conn, names.new, names.live)
+    return live
+
+
+def _drop_gone(conn: psycopg.Connection[Any], names: SyncNames, target_dsn: SecretStr) -> None:
+    try:
+        if _exists(conn, names.gone):
+            conn.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(names.gone))
+            )
+    except psycopg.Error as exc:
+        # The swap has committed: the run succeeded, and the next run drops it.
+        _logger().warning(
+            "%s (the copy before the rollback one) stays until the next run: %s",
+            names.gone,
+            _redact(str(exc).strip(), target_dsn),
+        )
 
 
 @task(cache_policy=NO_CACHE, task_run_name="measure_staging_disk-{plan.live}")

@@ -4,7 +4,7 @@ copy recorded (rows, sequences, object counts, checksums, database properties)."
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -73,24 +73,8 @@ def verify_copy(
     """
     new_dsn = _unbounded(_with(target_dsn, dbname=plan.new), plan.target_version)
     expected = result.facts
-    keys = sorted(expected.rows)
-    counted: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def count(part: list[str]) -> None:
-        with connect(new_dsn, autocommit=True) as conn:
-            for key in part:
-                schema, name = key.split(".", 1)
-                row = conn.execute(
-                    sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, name))
-                ).fetchone()
-                with lock:
-                    counted[key] = int(row[0]) if row else -1
-
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for f in [pool.submit(count, keys[i::jobs]) for i in range(max(1, jobs))]:
-                f.result()
+        counted = _count_rows(new_dsn, sorted(expected.rows), jobs)
         with connect(new_dsn, autocommit=True) as conn:
             # Tables the source did not have would be missed by counting its tables only.
             for schema, name, *_ in conn.execute(_TABLES):
@@ -98,25 +82,7 @@ def verify_copy(
             sequences = read_sequences(conn)
             objects = read_objects(conn)
             database = read_database_properties(conn)
-        checksums: dict[str, str] = {}
-        if expected.checksums:
-            tables = [
-                _Table(
-                    schema_name=k.split(".", 1)[0],
-                    name=k.split(".", 1)[1],
-                    bytes=0,
-                    root=k,
-                    columns=[],
-                    unique_columns=[],
-                    max_lengths={},
-                )
-                for k in expected.checksums
-                if k != LARGE_OBJECTS
-            ]
-            checksums = _checksums(new_dsn, None, tables, plan, jobs, source=False)
-            if LARGE_OBJECTS in expected.checksums:
-                with connect(new_dsn, autocommit=True) as conn:
-                    checksums[LARGE_OBJECTS] = large_objects_checksum(conn)
+        checksums = _new_checksums(new_dsn, expected.checksums, plan, jobs)
     except psycopg.Error as exc:
         failure = _error(f"verifying {plan.new} failed", exc, new_dsn)
         raise failure from None
@@ -149,3 +115,51 @@ def verify_copy(
         verification.checksummed,
     )
     return verification
+
+
+def _count_rows(new_dsn: SecretStr, keys: list[str], jobs: int) -> dict[str, int]:
+    """``count(*)`` of each table (``schema.name``), ``jobs`` sessions in parallel."""
+    counted: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def count(part: list[str]) -> None:
+        with connect(new_dsn, autocommit=True) as conn:
+            for key in part:
+                schema, name = key.split(".", 1)
+                row = conn.execute(
+                    sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, name))
+                ).fetchone()
+                with lock:
+                    counted[key] = int(row[0]) if row else -1
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for f in [pool.submit(count, keys[i::jobs]) for i in range(max(1, jobs))]:
+            f.result()
+    return counted
+
+
+def _new_checksums(
+    new_dsn: SecretStr, expected: Mapping[str, str], plan: SyncPlan, jobs: int
+) -> dict[str, str]:
+    """The new database's checksums of what the copy checksummed on the source."""
+    checksums: dict[str, str] = {}
+    if not expected:
+        return checksums
+    tables = [
+        _Table(
+            schema_name=k.split(".", 1)[0],
+            name=k.split(".", 1)[1],
+            bytes=0,
+            root=k,
+            columns=[],
+            unique_columns=[],
+            max_lengths={},
+        )
+        for k in expected
+        if k != LARGE_OBJECTS
+    ]
+    checksums = _checksums(new_dsn, None, tables, plan, jobs, source=False)
+    if LARGE_OBJECTS in expected:
+        with connect(new_dsn, autocommit=True) as conn:
+            checksums[LARGE_OBJECTS] = large_objects_checksum(conn)
+    return checksums
