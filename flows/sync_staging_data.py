@@ -89,6 +89,18 @@ PROGRESS_ARTIFACT_KEY = "staging-sync-progress"
 REPORT_ARTIFACT_KEY = "staging-sync-report"
 
 SecretName = Annotated[str, Field(min_length=1, description="Prefect Secret block name")]
+LiveDatabase = Annotated[
+    str | None, Field(description="Staging's live database; default: the model's")
+]
+RulesFile = Annotated[
+    Path | None, Field(description="Sanitize rules file; default: none (plain copy)")
+]
+Checksums = Annotated[bool, Field(description="Also compare per-table checksums")]
+Jobs = Annotated[int, Field(ge=1, le=16, description="Parallel streams and jobs")]
+WaitSeconds = Annotated[
+    float, Field(ge=0, description="How long to wait for a running sync to finish")
+]
+ModelFile = Annotated[Path | None, Field(description="Another environment model file")]
 
 
 def load_rules(path: Path) -> Rules:
@@ -111,21 +123,13 @@ def load_rules(path: Path) -> Rules:
 def sync_staging_data(
     source_dsn_secret: SecretName = "production-database-dsn",
     target_dsn_secret: SecretName = "staging-database-admin-dsn",
-    database: Annotated[
-        str | None, Field(description="Staging's live database; default: the model's")
-    ] = None,
-    sanitize_rules: Annotated[
-        Path | None, Field(description="Sanitize rules file; default: none (plain copy)")
-    ] = None,
+    database: LiveDatabase = None,
+    sanitize_rules: RulesFile = None,
     salt_secret: SecretName = "staging-sync-sanitize-salt",
-    checksums: Annotated[bool, Field(description="Also compare per-table checksums")] = False,
-    jobs: Annotated[int, Field(ge=1, le=16, description="Parallel streams and jobs")] = 2,
-    wait_seconds: Annotated[
-        float, Field(ge=0, description="How long to wait for a running sync to finish")
-    ] = 3600,
-    environments_file: Annotated[
-        Path | None, Field(description="Another environment model file")
-    ] = None,
+    checksums: Checksums = False,
+    jobs: Jobs = 2,
+    wait_seconds: WaitSeconds = 3600,
+    environments_file: ModelFile = None,
 ) -> SyncReport:
     """Copy production's database to staging: read-only, verified, swapped in atomically."""
     started = time.perf_counter()
