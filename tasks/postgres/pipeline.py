@@ -218,11 +218,7 @@ def copy_database(
     """
     new_dsn = _unbounded(_with(target_dsn, dbname=plan.new), plan.target_version)
     refuse_production(new_dsn, production)
-    source_tool = _tool_env(_unbounded(_read_only(source_dsn), plan.source_version))
-    new_conninfo, new_env = _tool_env(new_dsn)
-    new_conninfo = _with_settings(
-        new_conninfo, f"maintenance_work_mem={load_settings().sync_maintenance_work_mem}"
-    )
+    source_tool, new_tool = _tool_ends(source_dsn, new_dsn, plan)
     factory = MaskerFactory(salt.get_secret_value().encode()) if rules and salt else None
     if rules is not None and factory is None:
         raise ConfigurationError("sanitization rules need a salt secret")
@@ -238,7 +234,7 @@ def copy_database(
             plan=plan,
             new_dsn=new_dsn,
             source_tool=source_tool,
-            new_tool=(new_conninfo, new_env),
+            new_tool=new_tool,
             workdir=Path(workdir),
             snapshot=_export_snapshot(snap),
             jobs=jobs,
@@ -260,6 +256,19 @@ def copy_database(
     if progress_artifact_id is not None:
         _progress(progress_artifact_id, 100.0)
     return _copy_result(copy, source, rows, source_checksums)
+
+
+def _tool_ends(
+    source_dsn: SecretStr, new_dsn: SecretStr, plan: SyncPlan
+) -> tuple[tuple[str, dict[str, str]], tuple[str, dict[str, str]]]:
+    """The client tools' conninfo and environment on the source (read-only, exempt from
+    timeouts) and on the new database (with the sync's ``maintenance_work_mem``)."""
+    source_tool = _tool_env(_unbounded(_read_only(source_dsn), plan.source_version))
+    new_conninfo, new_env = _tool_env(new_dsn)
+    new_conninfo = _with_settings(
+        new_conninfo, f"maintenance_work_mem={load_settings().sync_maintenance_work_mem}"
+    )
+    return source_tool, (new_conninfo, new_env)
 
 
 def _export_snapshot(snap: psycopg.Connection[Any]) -> str:
