@@ -144,6 +144,7 @@ def generate_synthetic_data(
     batch_rows: BatchRows = 20_000,
 ) -> SyntheticDataReport:
     """Generate seeded, consistent RSOLV data and COPY it into the staging database."""
+    # Validated before any connection: unknown table, negative scale, bad seed.
     plan = plan_rows(seed, scale, as_of, mode)
     production = load_topology().production.database
 
@@ -182,8 +183,7 @@ def generate_synthetic_data(
 def plan_rows(
     seed: int, scale: float | dict[str, int], as_of: date | None, mode: str
 ) -> SyntheticPlan:
-    """The rows to generate, validated before any connection (unknown table, negative
-    scale, bad seed; no rows at all in truncate mode)."""
+    """The rows to generate; refused when a truncate would load none at all."""
     plan = make_plan(seed=seed, scale=scale, as_of=as_of or datetime.now(UTC).date())
     if mode == "truncate" and plan.total_rows == 0:
         # Most likely a mistake (scale=0, {}), and staging's tables may hold the monthly
