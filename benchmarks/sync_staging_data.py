@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rsolv_staging.environments import topology_from_mapping
 from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
 from rsolv_staging.sanitize import parse_rules
-from tasks.postgres.sync import (
+from tasks.postgres import (
     copy_database,
     find_tools,
     prepare_sync,

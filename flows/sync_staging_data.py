@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, cast
 from uuid import UUID
@@ -56,18 +57,28 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.concurrency.sync import concurrency
-from pydantic import Field
+from pydantic import Field, SecretStr
 
+from rsolv_staging.environments import Database
 from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.sanitize import Rules, parse_rules
 from rsolv_staging.settings import REPO_ROOT, load_topology
-from rsolv_staging.sync import CONCURRENCY_LIMIT, Phase, SyncReport, report_markdown
-from tasks.postgres import resolve_dsn
-from tasks.postgres.sync import (
+from rsolv_staging.sync import (
+    CONCURRENCY_LIMIT,
+    CopyResult,
+    Phase,
+    StagingDisk,
+    SyncReport,
+    Verification,
+    report_markdown,
+)
+from tasks.postgres import (
+    SyncPlan,
     copy_database,
     discard_new_copy,
     measure_staging_disk,
     prepare_sync,
+    resolve_dsn,
     resolve_sanitize_salt,
     swap_database,
     verify_copy,
@@ -78,6 +89,18 @@ PROGRESS_ARTIFACT_KEY = "staging-sync-progress"
 REPORT_ARTIFACT_KEY = "staging-sync-report"
 
 SecretName = Annotated[str, Field(min_length=1, description="Prefect Secret block name")]
+LiveDatabase = Annotated[
+    str | None, Field(description="Staging's live database; default: the model's")
+]
+RulesFile = Annotated[
+    Path | None, Field(description="Sanitize rules file; default: none (plain copy)")
+]
+Checksums = Annotated[bool, Field(description="Also compare per-table checksums")]
+Jobs = Annotated[int, Field(ge=1, le=16, description="Parallel streams and jobs")]
+WaitSeconds = Annotated[
+    float, Field(ge=0, description="How long to wait for a running sync to finish")
+]
+ModelFile = Annotated[Path | None, Field(description="Another environment model file")]
 
 
 def load_rules(path: Path) -> Rules:
@@ -100,21 +123,13 @@ def load_rules(path: Path) -> Rules:
 def sync_staging_data(
     source_dsn_secret: SecretName = "production-database-dsn",
     target_dsn_secret: SecretName = "staging-database-admin-dsn",
-    database: Annotated[
-        str | None, Field(description="Staging's live database; default: the model's")
-    ] = None,
-    sanitize_rules: Annotated[
-        Path | None, Field(description="Sanitize rules file; default: none (plain copy)")
-    ] = None,
+    database: LiveDatabase = None,
+    sanitize_rules: RulesFile = None,
     salt_secret: SecretName = "staging-sync-sanitize-salt",
-    checksums: Annotated[bool, Field(description="Also compare per-table checksums")] = False,
-    jobs: Annotated[int, Field(ge=1, le=16, description="Parallel streams and jobs")] = 2,
-    wait_seconds: Annotated[
-        float, Field(ge=0, description="How long to wait for a running sync to finish")
-    ] = 3600,
-    environments_file: Annotated[
-        Path | None, Field(description="Another environment model file")
-    ] = None,
+    checksums: Checksums = False,
+    jobs: Jobs = 2,
+    wait_seconds: WaitSeconds = 3600,
+    environments_file: ModelFile = None,
 ) -> SyncReport:
     """Copy production's database to staging: read-only, verified, swapped in atomically."""
     started = time.perf_counter()
@@ -129,15 +144,8 @@ def sync_staging_data(
     ensure_concurrency_limit(CONCURRENCY_LIMIT)
     with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=wait_seconds, strict=True):
         plan = prepare_sync(source, target, production, live, rules)
-        progress = cast(
-            UUID,
-            create_progress_artifact(
-                0.0,
-                key=PROGRESS_ARTIFACT_KEY,
-                description=f"Copying {plan.source} into {plan.target} ({plan.new})",
-            ),
-        )
-        try:
+        progress = start_progress(plan)
+        with discard_on_failure(target, production, plan):
             result = copy_database(
                 source,
                 target,
@@ -149,47 +157,86 @@ def sync_staging_data(
                 checksums=checksums,
                 progress_artifact_id=progress,
             )
-            verify_started = time.perf_counter()
-            verification = verify_copy(target, plan, result, jobs=jobs)
-            verify_seconds = time.perf_counter() - verify_started
-            swap_started = time.perf_counter()
-            rollback = swap_database(target, production, plan)
-            swap_seconds = time.perf_counter() - swap_started
-        except Exception:
-            # Free staging's disk now (a copy that filled the volume must not keep the
-            # live database from writing); a killed run's leftovers go at the next run.
-            # The copy's error is the run's: a failed drop shows on its own task run.
-            with suppress(Exception):
-                discard_new_copy(target, production, plan)
-            raise
-        try:
-            disk = measure_staging_disk(target, production, plan)
-        except Exception as exc:
-            # Staging was replaced: a failed measurement only leaves the section out.
-            get_run_logger().warning("Staging's disk was not measured: %s", exc)
-            disk = None
-    phases = [
-        *result.phases,
-        Phase(name="verification", seconds=verify_seconds),
-        Phase(name="swap", seconds=swap_seconds),
-    ]
+            verification, rollback, timings = verify_and_swap(
+                target, production, plan, result, jobs=jobs
+            )
+        disk = measure_disk(target, production, plan)
     report = SyncReport(
         source=plan.source,
         target=plan.target,
         database=plan.live,
         copy_result=result,
         verification=verification,
-        phases=phases,
+        phases=[*result.phases, *timings],
         seconds=time.perf_counter() - started,
         rollback_database=rollback,
         disk=disk,
     )
+    publish_report(report)
+    return report
+
+
+def start_progress(plan: SyncPlan) -> UUID:
+    """The copy's progress artifact (updated by copy_database)."""
+    return cast(
+        UUID,
+        create_progress_artifact(
+            0.0,
+            key=PROGRESS_ARTIFACT_KEY,
+            description=f"Copying {plan.source} into {plan.target} ({plan.new})",
+        ),
+    )
+
+
+@contextmanager
+def discard_on_failure(target: SecretStr, production: Database, plan: SyncPlan) -> Iterator[None]:
+    """On a failure before the swap completes, drop the new copy, then raise the failure."""
+    try:
+        yield
+    except Exception:
+        # Free staging's disk now (a copy that filled the volume must not keep the
+        # live database from writing); a killed run's leftovers go at the next run.
+        # The copy's error is the run's: a failed drop shows on its own task run.
+        with suppress(Exception):
+            discard_new_copy(target, production, plan)
+        raise
+
+
+def verify_and_swap(
+    target: SecretStr, production: Database, plan: SyncPlan, result: CopyResult, *, jobs: int
+) -> tuple[Verification, str | None, list[Phase]]:
+    """Verify the copy, then swap it in; returns the verification, the rollback database
+    and the two phases' timings."""
+    verify_started = time.perf_counter()
+    verification = verify_copy(target, plan, result, jobs=jobs)
+    verify_seconds = time.perf_counter() - verify_started
+    swap_started = time.perf_counter()
+    rollback = swap_database(target, production, plan)
+    swap_seconds = time.perf_counter() - swap_started
+    timings = [
+        Phase(name="verification", seconds=verify_seconds),
+        Phase(name="swap", seconds=swap_seconds),
+    ]
+    return verification, rollback, timings
+
+
+def measure_disk(target: SecretStr, production: Database, plan: SyncPlan) -> StagingDisk | None:
+    """Staging's disk after the swap, or None when it cannot be measured."""
+    try:
+        return measure_staging_disk(target, production, plan)
+    except Exception as exc:
+        # Staging was replaced: a failed measurement only leaves the section out.
+        get_run_logger().warning("Staging's disk was not measured: %s", exc)
+        return None
+
+
+def publish_report(report: SyncReport) -> None:
+    """The run's report as a markdown artifact."""
     create_markdown_artifact(
         markdown=report_markdown(report),
         key=REPORT_ARTIFACT_KEY,
-        description=f"Staging data sync into {plan.live}",
+        description=f"Staging data sync into {report.database}",
     )
-    return report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,9 +54,10 @@ from pydantic import BaseModel, Field
 from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.schema import TABLE_NAMES
 from rsolv_staging.settings import load_topology
-from rsolv_staging.synthetic import make_plan
+from rsolv_staging.synthetic import SyntheticPlan, make_plan
 from tasks.postgres import (
     LoadReport,
+    Target,
     analyze_tables,
     check_target,
     copy_rows,
@@ -143,16 +144,8 @@ def generate_synthetic_data(
     batch_rows: BatchRows = 20_000,
 ) -> SyntheticDataReport:
     """Generate seeded, consistent RSOLV data and COPY it into the staging database."""
-    logger = get_run_logger()
     # Validated before any connection: unknown table, negative scale, bad seed.
-    plan = make_plan(seed=seed, scale=scale, as_of=as_of or datetime.now(UTC).date())
-    if mode == "truncate" and plan.total_rows == 0:
-        # Most likely a mistake (scale=0, {}), and staging's tables may hold the monthly
-        # production copy: emptying them takes asking for it in so many words.
-        raise ConfigurationError(
-            "scale gives no rows at all: in truncate mode the run would only empty "
-            "staging's RSOLV tables; give a scale above 0"
-        )
+    plan = plan_rows(seed, scale, as_of, mode)
     production = load_topology().production.database
 
     dsn = resolve_dsn(target_dsn_secret)
@@ -162,7 +155,7 @@ def generate_synthetic_data(
         plan = make_plan(
             seed=plan.seed, scale=plan.rows, as_of=plan.as_of, id_offsets=read_max_ids(dsn)
         )
-    logger.info(
+    get_run_logger().info(
         "Generating %d rows (seed %d, as of %s) into %s, mode %s",
         plan.total_rows,
         plan.seed,
@@ -170,31 +163,12 @@ def generate_synthetic_data(
         target,
         mode,
     )
-
-    # Called from a synchronous flow, Prefect's sync_compatible helper returns the UUID.
-    progress = cast(
-        UUID,
-        create_progress_artifact(
-            0.0,
-            key=PROGRESS_ARTIFACT_KEY,
-            description=f"Synthetic data into {target}: {plan.total_rows} rows",
-        ),
-    )
+    progress = start_progress(target, plan)
     report = copy_rows(
         dsn, production, plan, mode=mode, batch_rows=batch_rows, progress_artifact_id=progress
     )
     analyze_tables(dsn, production)
-    create_table_artifact(
-        table=_table_rows(report),
-        key=TABLE_ARTIFACT_KEY,
-        description=f"Synthetic data ({mode}) into {target}: seed {plan.seed}, as of {plan.as_of}",
-    )
-    logger.info(
-        "Loaded %d rows in %.1f s (%.0f rows/s)",
-        report.rows,
-        report.seconds,
-        report.rows_per_second,
-    )
+    publish_load(report, target, plan)
     return SyntheticDataReport(
         target=str(target),
         seed=plan.seed,
@@ -203,6 +177,51 @@ def generate_synthetic_data(
         rows={load.table: load.rows for load in report.tables},
         seconds=report.seconds,
         rows_per_second=report.rows_per_second,
+    )
+
+
+def plan_rows(
+    seed: int, scale: float | dict[str, int], as_of: date | None, mode: str
+) -> SyntheticPlan:
+    """The rows to generate; refused when a truncate would load none at all."""
+    plan = make_plan(seed=seed, scale=scale, as_of=as_of or datetime.now(UTC).date())
+    if mode == "truncate" and plan.total_rows == 0:
+        # Most likely a mistake (scale=0, {}), and staging's tables may hold the monthly
+        # production copy: emptying them takes asking for it in so many words.
+        raise ConfigurationError(
+            "scale gives no rows at all: in truncate mode the run would only empty "
+            "staging's RSOLV tables; give a scale above 0"
+        )
+    return plan
+
+
+def start_progress(target: Target, plan: SyntheticPlan) -> UUID:
+    """The load's progress artifact (updated by copy_rows)."""
+    # Called from a synchronous flow, Prefect's sync_compatible helper returns the UUID.
+    return cast(
+        UUID,
+        create_progress_artifact(
+            0.0,
+            key=PROGRESS_ARTIFACT_KEY,
+            description=f"Synthetic data into {target}: {plan.total_rows} rows",
+        ),
+    )
+
+
+def publish_load(report: LoadReport, target: Target, plan: SyntheticPlan) -> None:
+    """The load's table artifact (rows and speed per table) and its summary line."""
+    create_table_artifact(
+        table=_table_rows(report),
+        key=TABLE_ARTIFACT_KEY,
+        description=(
+            f"Synthetic data ({report.mode}) into {target}: seed {plan.seed}, as of {plan.as_of}"
+        ),
+    )
+    get_run_logger().info(
+        "Loaded %d rows in %.1f s (%.0f rows/s)",
+        report.rows,
+        report.seconds,
+        report.rows_per_second,
     )
 
 

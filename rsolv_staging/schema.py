@@ -18,7 +18,7 @@ Choices worth knowing:
 
 * ids are ``bigint`` identity columns (``BY DEFAULT``), so bulk loads may supply them
   and the application keeps inserting without them; whoever supplies ids must move the
-  sequences past them afterwards (``tasks.postgres.reset_sequences``).
+  sequences past them afterwards (``tasks.postgres.loading``).
 * every foreign key column has an index: PostgreSQL does not create one, and without it
   each ``ON DELETE CASCADE`` from a parent scans the whole child table.
 * ``payments`` refuse the deletion of their subscription (``RESTRICT``): financial

@@ -1,5 +1,6 @@
 """The production -> staging sync as pure decisions: names, tool versions, post-data plan,
-verification. No I/O here; ``tasks/postgres/sync.py`` does the work.
+verification. No I/O here; the modules of ``tasks/postgres/`` do the work
+(``plan``, ``pipeline``, ``scheduler``, ``verify``, ``swap``, ...).
 
 The copy method (measured in ``benchmarks/sync_staging_data.py``):
 

@@ -73,15 +73,15 @@ from rsolv_staging.sync import (
     sync_names,
     toc_list,
 )
-from tasks.postgres.sync import (
+from tasks.postgres import (
     SyncPlan,
-    _frozen_heap,
     copy_database,
     find_tools,
     prepare_sync,
     swap_database,
     verify_copy,
 )
+from tasks.postgres.streams import _frozen_heap
 from tests.plugins.postgres import PostgresDatabase, PostgresFactory, PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1261,7 +1261,7 @@ def test_a_copy_killed_during_restore_leaves_staging_serving_old_data(
         sys.path.insert(0, {str(REPO)!r})
         from pydantic import SecretStr
         from rsolv_staging.environments import Database
-        from tasks.postgres.sync import copy_database, prepare_sync
+        from tasks.postgres import copy_database, prepare_sync
         production = Database.model_validate_json(os.environ["PRODUCTION"])
         src, dst = SecretStr(os.environ["SOURCE"]), SecretStr(os.environ["TARGET"])
         plan = prepare_sync.fn(src, dst, production, {live_name!r})
