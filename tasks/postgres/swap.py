@@ -123,11 +123,15 @@ def measure_staging_disk(
     with _admin(target_dsn, production) as conn:
         sizes = _database_sizes(conn)
     live = sizes.get(plan.live, 0)
+    total = sum(sizes.values())
     return StagingDisk(
         live=live,
         rollback=sizes.get(plan.old),
-        total=sum(sizes.values()),
-        peak=plan.staging_bytes + live,
+        total=total,
+        # What staging held before the copy, plus the copy. The other databases kept
+        # working meanwhile (autovacuum, their own writes): the peak was never below
+        # what they hold now, so a report never shows a peak under the current total.
+        peak=max(plan.staging_bytes + live, total),
     )
 
 
