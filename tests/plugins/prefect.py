@@ -50,7 +50,18 @@ def prefect_api(postgres_factory: PostgresFactory) -> Iterator[None]:
         api = SubprocessASGIServer()
         api.start(timeout=60)
         stack.callback(api.stop)
-        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api.api_url}))
+        stack.enter_context(
+            temporary_settings(
+                updates={
+                    PREFECT_API_URL: api.api_url,
+                    # A sync flow run's heartbeat thread sleeps in 1 s steps and the engine
+                    # joins it at the end: about 1 s of every flow run (hundreds in the
+                    # suite) spent waiting. Nothing here reads heartbeats; the sandbox
+                    # and the subprocess runners keep Prefect's default.
+                    "flows.heartbeat_frequency": None,
+                }
+            )
+        )
         # Code running in a context copied before this fixture (threads the tests start)
         # must see the same server: expose these settings process-wide too.
         stack.enter_context(
