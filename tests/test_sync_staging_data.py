@@ -1200,6 +1200,35 @@ def test_a_second_sync_brings_production_changes_and_keeps_a_rollback_copy(
     assert query(live_dsn, "SELECT count(*) FROM app.orders") == [(2500,)]
 
 
+def test_tables_without_columns_keep_their_rows_and_verification_counts_them(
+    source: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """A table with no columns (``CREATE TABLE t ()``) still holds rows, and so does one
+    whose only column was dropped: both arrive with their row counts, and verification
+    counts them (a copy that lost them fails, naming the table)."""
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE app.marks ()")
+        conn.execute("INSERT INTO app.marks SELECT FROM generate_series(1, 7)")
+        conn.execute("CREATE TABLE app.emptied AS SELECT g FROM generate_series(1, 3) g")
+        conn.execute("ALTER TABLE app.emptied DROP COLUMN g")
+    sync(source, pg_staging, production_model, live_name)
+    live_dsn = pg_staging.dsn_for(live_name)
+    assert query(live_dsn, "SELECT count(*) FROM app.marks") == [(7,)]
+    assert query(live_dsn, "SELECT count(*) FROM app.emptied") == [(3,)]
+
+    src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
+    plan = prepare_sync.fn(src, dst, production_model, live_name, None)
+    result = copy_database.fn(src, dst, production_model, plan)
+    assert result.facts.rows["app.marks"] == 7
+    with psycopg.connect(pg_staging.dsn_for(plan.new), autocommit=True) as conn:
+        conn.execute("DELETE FROM app.marks")
+    with pytest.raises(DataError, match=r"app\.marks"):
+        verify_copy.fn(dst, plan, result)
+
+
 def test_a_target_that_is_the_source_is_refused_and_nothing_is_written(
     source: PostgresDatabase,
     pg_production: PostgresServer,

@@ -31,7 +31,16 @@ class _Relation(BaseModel):
 
     @property
     def column_list(self) -> sql.Composable:
-        return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+        """`` (a, b)`` for a COPY, or nothing for a table without columns (whose rows
+        COPY still carries, and where ``()`` is a syntax error)."""
+        return column_clause(self.columns)
+
+
+def column_clause(columns: list[str]) -> sql.Composable:
+    """`` (a, b)``: a COPY's column list with its leading space, empty for no columns."""
+    if not columns:
+        return sql.SQL("")
+    return sql.SQL(" ({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
 
 
 class _Table(_Relation):
@@ -60,7 +69,8 @@ SELECT n.nspname, c.relname, pg_table_size(c.oid),
                   WHERE t.oid = c.reltoastrelid)) ~ '(^|,)autovacuum_enabled='
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+-- LEFT: a table with no columns (CREATE TABLE t (), or all dropped) still holds rows.
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE c.relkind = 'r' AND {_USER_NAMESPACES} AND {_not_extension_member("pg_class", "c.oid")}
 GROUP BY n.nspname, c.relname, c.oid
 ORDER BY pg_table_size(c.oid) DESC, 1, 2

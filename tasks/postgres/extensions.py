@@ -118,8 +118,8 @@ def _copy_config_of(
             )
         for name in references_first({t: m.references for t, m in tables.items()}):
             columns = tables[name].column_list
-            out = sql.SQL("COPY {} ({}) TO STDOUT (FORMAT binary)")
-            into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)")
+            out = sql.SQL("COPY {}{} TO STDOUT (FORMAT binary)")
+            into = sql.SQL("COPY {}{} FROM STDIN (FORMAT binary)")
             writer = dst.cursor()
             with (
                 src.cursor().copy(out.format(tables[name].ident, columns)) as reader,

@@ -26,7 +26,7 @@ from rsolv_staging.sanitize import (
     MaskShape,
     Rules,
 )
-from tasks.postgres.catalog import _Table
+from tasks.postgres.catalog import _Table, column_clause
 from tasks.postgres.connections import _redact
 from tasks.postgres.sessions import _with_settings
 from tasks.postgres.tools import _Children
@@ -110,15 +110,13 @@ def _psql_commands(
     fmt = "binary" if masking is None else "text"
     columns = table.column_list
     if masking is not None:
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in masking[0])
+        columns = column_clause(masking[0])
     # COPY of a table (not of a query): a plain scan, and only this table's rows, never
     # an inheritance child's (as SELECT ... FROM ONLY). psql's \copy to pstdout with the
     # command tags sent to stderr (-o): the source's "COPY n" is the reference count of
     # the verification, without scanning production a second time.
-    out = sql.SQL("\\copy {} ({}) to pstdout (format {})").format(
-        table.ident, columns, sql.SQL(fmt)
-    )
-    into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(
+    out = sql.SQL("\\copy {}{} to pstdout (format {})").format(table.ident, columns, sql.SQL(fmt))
+    into = sql.SQL("COPY {}{} FROM STDIN (FORMAT {}, FREEZE)").format(
         table.ident, columns, sql.SQL(fmt)
     )
     psql = [str(bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1"]
