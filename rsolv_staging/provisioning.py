@@ -474,7 +474,6 @@ def database(topology: Topology) -> list[Manifest]:
     env = topology.staging
     db = env.database
     name, ns = db.service, env.namespace
-    password = _password_secret(topology)
     selector = {"app.kubernetes.io/name": name}
     meta_labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "database"}
     return [
@@ -514,36 +513,43 @@ def database(topology: Topology) -> list[Manifest]:
                 "selector": {"matchLabels": selector},
                 "template": {
                     "metadata": {"labels": {**labels(env), **meta_labels}},
-                    "spec": {
-                        # No API access needed: no service-account token in the pod.
-                        "automountServiceAccountToken": False,
-                        "securityContext": {
-                            "runAsNonRoot": True,
-                            "runAsUser": db.run_as_user,
-                            "runAsGroup": db.run_as_user,
-                            "fsGroup": db.run_as_user,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
-                        "containers": [_postgres_container(topology)],
-                        "volumes": [
-                            {
-                                "name": "data",
-                                "persistentVolumeClaim": {"claimName": f"{name}-data"},
-                            },
-                            # The root filesystem is read-only: the server's socket and
-                            # lock files, and its temporary files, live here instead.
-                            {"name": "run", "emptyDir": {}},
-                            {"name": "tmp", "emptyDir": {}},
-                            {
-                                "name": "password",
-                                "secret": {"secretName": password, "defaultMode": 0o440},
-                            },
-                        ],
-                    },
+                    "spec": _postgres_pod_spec(topology),
                 },
             },
         },
     ]
+
+
+def _postgres_pod_spec(topology: Topology) -> dict[str, Any]:
+    """The database pod: Pod Security restricted, as the image's own user, no API token."""
+    db = topology.staging.database
+    name, password = db.service, _password_secret(topology)
+    return {
+        # No API access needed: no service-account token in the pod.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": db.run_as_user,
+            "runAsGroup": db.run_as_user,
+            "fsGroup": db.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_postgres_container(topology)],
+        "volumes": [
+            {
+                "name": "data",
+                "persistentVolumeClaim": {"claimName": f"{name}-data"},
+            },
+            # The root filesystem is read-only: the server's socket and
+            # lock files, and its temporary files, live here instead.
+            {"name": "run", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            {
+                "name": "password",
+                "secret": {"secretName": password, "defaultMode": 0o440},
+            },
+        ],
+    }
 
 
 def _password_secret(topology: Topology) -> str:
