@@ -12,6 +12,7 @@ mapping) or :func:`default_topology`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -19,12 +20,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rsolv_staging.exceptions import ConfigurationError
+from rsolv_staging.images import parse_image
 from rsolv_staging.quantities import format_cpu, format_memory, parse_cpu, parse_memory
 
 # RFC 1123 label: what Kubernetes accepts as a namespace name.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,63}$")
 _RETENTION = re.compile(r"^[1-9]\d*(h|d|w)$")
+_PSA_VERSION = re.compile(r"^(latest|v1\.\d{1,3})$")
+# Label keys and values as Kubernetes accepts them (prefix/name, at most 63 characters).
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 EnvironmentName = Literal["production", "staging"]
 
@@ -35,6 +43,32 @@ def _check_dns_label(value: str) -> str:
             f"{value!r} is not a valid Kubernetes name: at most 63 lowercase letters, digits "
             "and '-', starting and ending with a letter or digit"
         )
+    return value
+
+
+def _check_cidrs(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a network such as '10.0.0.0/8'") from None
+    return values
+
+
+def _check_labels(value: dict[str, str]) -> dict[str, str]:
+    if not value:
+        raise ValueError("at least one label is needed: an empty selector selects every pod")
+    for key, item in value.items():
+        if len(key.rsplit("/", 1)[-1]) > 63 or not _LABEL_KEY.match(key):
+            raise ValueError(f"{key!r} is not a Kubernetes label key")
+        if len(item) > 63 or not _LABEL_VALUE.match(item):
+            raise ValueError(f"{item!r} (label {key}) is not a Kubernetes label value")
+    return value
+
+
+def _check_ports(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value or any(not 1 <= port <= 65535 for port in value):
+        raise ValueError(f"{list(value)} must be one or more TCP ports (1-65535)")
     return value
 
 
@@ -124,7 +158,23 @@ class Database(_Frozen):
     port: int = Field(default=5432, ge=1, le=65535, description="TCP port")
     name: str = Field(description="Database name")
     service: str = Field(description="Kubernetes Service (and StatefulSet) name")
-    image: str = Field(default="postgres:15", description="PostgreSQL container image")
+    image: str = Field(
+        # The official image's 15.14 (Debian) manifest list, pinned: a tag can move.
+        # Digest as published on Docker Hub and pinned in public code (see CHANGELOG).
+        default="postgres:15.14@sha256:822f8795764a670160640888508b2a68ea5c4b045012c2de17e1d0447bdbdc99",
+        description="PostgreSQL container image, pinned by digest (name[:tag]@sha256:...)",
+    )
+    run_as_user: int = Field(
+        # The official postgres image's own 'postgres' user: its files (and initdb) expect it.
+        default=999,
+        ge=1,
+        description="Numeric uid (and gid, fsGroup) the database runs as; never root",
+    )
+    sync_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/component": "data-sync"},
+        description="Labels of the data sync's pods (a Kubernetes work pool's job template "
+        "sets them) in the app namespace: besides the apps, the only database clients",
+    )
     storage: str = Field(description="PersistentVolumeClaim size")
     resources: Resources = Field(description="The database container's resources")
 
@@ -132,6 +182,20 @@ class Database(_Frozen):
     @classmethod
     def _service(cls, value: str) -> str:
         return _check_dns_label(value)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        try:
+            parse_image(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc).removeprefix("image: ")) from None
+        return value
+
+    @field_validator("sync_pod_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
 
     @field_validator("storage")
     @classmethod
@@ -179,8 +243,30 @@ class Cluster(_Frozen):
     cluster_issuer: str = Field(
         default="letsencrypt-prod", description="cert-manager ClusterIssuer for TLS"
     )
+    ingress_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "traefik"},
+        description="Pod labels of the ingress controller (k3s: Traefik); only those pods "
+        "of ingress_namespace may reach the apps and Grafana",
+    )
     dns_namespace: str = Field(
         default="kube-system", description="Namespace of the cluster DNS (k3s: CoreDNS)"
+    )
+    dns_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"k8s-app": "kube-dns"},
+        description="Pod labels of the cluster DNS (k3s CoreDNS keeps kube-dns's label); DNS "
+        "egress goes to those pods only, on 53",
+    )
+    api_server_cidrs: tuple[str, ...] = Field(
+        default=(),
+        description="The API server's addresses as NetworkPolicies see them (after the "
+        "kubernetes Service's DNAT: the server nodes' addresses, `kubectl get endpoints "
+        "kubernetes`). Needed when they are private: private_cidrs are otherwise cut out "
+        "of Prometheus' discovery egress too",
+    )
+    pod_security_version: str = Field(
+        default="v1.33",
+        description="Kubernetes version whose Pod Security Standards the namespaces' "
+        "enforce/warn/audit labels pin ('latest' follows the cluster)",
     )
     internal_cidrs: tuple[str, ...] = Field(
         # k3s pod and service ranges, and link-local (cloud metadata endpoints).
@@ -200,6 +286,23 @@ class Cluster(_Frozen):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return _check_dns_label(value)
+
+    @field_validator("internal_cidrs", "private_cidrs", "api_server_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_cidrs(value)
+
+    @field_validator("ingress_pod_labels", "dns_pod_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+    @field_validator("pod_security_version")
+    @classmethod
+    def _psa_version(cls, value: str) -> str:
+        if not _PSA_VERSION.match(value):
+            raise ValueError(f"{value!r} is not a Pod Security version such as 'v1.33' or 'latest'")
+        return value
 
 
 class SecretSpec(_Frozen):
@@ -223,6 +326,21 @@ class Environment(_Frozen):
         default=("rsolv-landing", "rsolv-api"), description="Applications deployed"
     )
     app_resources: Resources = Field(description="Per-application replicas, CPU and memory")
+    app_port: int = Field(
+        default=4000,
+        ge=1,
+        le=65535,
+        description="The apps' container port 'http' (deployments/base): what the ingress "
+        "controller reaches and Prometheus scrapes",
+    )
+    internet_egress_ports: tuple[int, ...] = Field(
+        default=(443,),
+        description="TCP ports the apps may reach on the internet (third-party APIs: HTTPS)",
+    )
+    pod_security: Literal["restricted", "baseline"] = Field(
+        default="restricted",
+        description="Pod Security Standard enforced (and warned, audited) in both namespaces",
+    )
     quota: Quota = Field(description="The namespace's ResourceQuota")
     database: Database
     monitoring: Monitoring
@@ -231,6 +349,11 @@ class Environment(_Frozen):
     @classmethod
     def _namespace(cls, value: str) -> str:
         return _check_dns_label(value)
+
+    @field_validator("internet_egress_ports")
+    @classmethod
+    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        return _check_ports(value)
 
     @field_validator("domain")
     @classmethod

@@ -26,6 +26,24 @@ SecretValues = Mapping[str, Mapping[str, str]]
 # select; rsolv_staging.monitoring checks the rendered stack carries them.
 PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 GRAFANA_POD_LABELS = {"app.kubernetes.io/name": "grafana"}
+# The label deployments/base gives every app pod (includeTemplates).
+APP_POD_LABELS = {"app.kubernetes.io/part-of": "rsolv"}
+# Container ports of the monitoring stack (deployments/monitoring/base).
+GRAFANA_PORT = 3000
+# Where the API server listens as policies see it (after the kubernetes Service's DNAT):
+# 6443 on k3s server nodes, 443 on most managed clusters.
+KUBE_API_PORTS = (443, 6443)
+POD_SECURITY = "pod-security.kubernetes.io"
+
+# What every container we ship runs with: what Pod Security "restricted" demands, and a
+# read-only root filesystem (writable paths are emptyDirs or volumes).
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def labels(env: Environment, **extra: str) -> dict[str, str]:
@@ -56,9 +74,23 @@ def prometheus_service_account(env: Environment) -> str:
     return f"{env.name}-prometheus"
 
 
+def pod_security_labels(env: Environment) -> dict[str, str]:
+    """Pod Security Admission: the model's level enforced, warned about and audited."""
+    level, version = env.pod_security, env.cluster.pod_security_version
+    return {
+        f"{POD_SECURITY}/{mode}{suffix}": value
+        for mode in ("enforce", "warn", "audit")
+        for suffix, value in (("", level), ("-version", version))
+    }
+
+
 def namespaces(env: Environment) -> list[Manifest]:
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(env, ns, None)}
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": _meta(env, ns, None, **pod_security_labels(env)),
+        }
         for ns in env.namespaces
     ]
 
@@ -181,148 +213,210 @@ def _from_namespace(name: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
 
 
-def _dns_egress(topology: Topology) -> dict[str, Any]:
+def _pods_in(namespace: str, pod_labels: Mapping[str, str]) -> dict[str, Any]:
+    """A peer: the pods with ``pod_labels`` in ``namespace`` (both selectors in ONE peer)."""
+    return {**_from_namespace(namespace), "podSelector": {"matchLabels": dict(pod_labels)}}
+
+
+def _tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+def _dns_egress(env: Environment) -> dict[str, Any]:
+    # CoreDNS's pods only: any other kube-system pod (Traefik, metrics-server) is no
+    # business of a staging pod, on 53 or any other port.
     return {
-        "to": [_from_namespace(topology.staging.cluster.dns_namespace)],
+        "to": [_pods_in(env.cluster.dns_namespace, env.cluster.dns_pod_labels)],
         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
     }
 
 
-def _internet_egress(env: Environment) -> dict[str, Any]:
-    # Third-party APIs (ConvertKit, payments, OAuth) are on the internet; the cluster's own
-    # ranges and the private networks its nodes sit on are cut out so this rule can never
-    # open a path into production (a pod, or a NodePort on a node's address).
+def _from_ingress_controller(env: Environment, port: int) -> dict[str, Any]:
+    # The ingress controller's pods, not its whole namespace: kube-system runs other pods.
+    return {
+        "from": [_pods_in(env.cluster.ingress_namespace, env.cluster.ingress_pod_labels)],
+        "ports": _tcp(port),
+    }
+
+
+def _outside_cluster(env: Environment) -> dict[str, Any]:
+    # The cluster's own ranges and the private networks its nodes sit on are cut out so an
+    # internet rule can never open a path into production (a pod, or a NodePort on a
+    # node's address).
     cut = list(dict.fromkeys((*env.cluster.internal_cidrs, *env.cluster.private_cidrs)))
-    return {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": cut}}]}
+    return {"ipBlock": {"cidr": "0.0.0.0/0", "except": cut}}
+
+
+def _internet_egress(env: Environment) -> dict[str, Any]:
+    # Third-party APIs (ConvertKit, payments, OAuth) are on the internet, over HTTPS.
+    return {"to": [_outside_cluster(env)], "ports": _tcp(*env.internet_egress_ports)}
 
 
 def _kube_api_egress(env: Environment) -> dict[str, Any]:
     # Kubernetes service discovery talks to the API server. Policies see the address after
-    # the Service's DNAT, i.e. a node's address (k3s: :6443), outside the pod and service
-    # ranges; cutting those ranges out keeps every pod, production's included, unreachable.
+    # the Service's DNAT, i.e. a node's address (k3s: :6443). Public addresses, and the
+    # API server's own addresses when the model names them (private on most k3s), never
+    # the private ranges as a whole: another node's NodePort could be production's.
+    peers = [_outside_cluster(env)]
+    peers += [{"ipBlock": {"cidr": cidr}} for cidr in env.cluster.api_server_cidrs]
+    return {"to": peers, "ports": _tcp(*KUBE_API_PORTS)}
+
+
+def _policy(
+    env: Environment, name: str, namespace: str, pods: Mapping[str, str], **rules: Any
+) -> Manifest:
+    """A NetworkPolicy for ``pods`` ({} = all) with ``ingress=``/``egress=`` rule lists."""
+    types = [way for way in ("Ingress", "Egress") if way.lower() in rules]
     return {
-        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(env.cluster.internal_cidrs)}}],
-        "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(env, name, namespace),
+        "spec": {"podSelector": {"matchLabels": dict(pods)} if pods else {}, "policyTypes": types}
+        | rules,
     }
 
 
 def network_policies(topology: Topology) -> list[Manifest]:
-    """No traffic across namespaces, except the ingress controller and staging's scraper.
+    """Default deny in both staging namespaces; each allowed path named, port by port.
 
-    Into ``staging``: its own pods, the ingress controller (apps only) and staging's
-    Prometheus (to scrape). Into ``staging-monitoring``: its own pods, and the ingress
-    controller to Grafana. Out of ``staging-monitoring``: itself, DNS, ``staging``, and
-    for Prometheus alone the API server (service discovery); never production.
+    Into ``staging``: the apps from each other, the ingress controller's pods and staging's
+    Prometheus (the app port only); the database from the apps and the sync's pods only.
+    Out of ``staging``: CoreDNS, the apps to each other, the database and the internet
+    (``internet_egress_ports``). ``staging-monitoring``: itself, CoreDNS, Grafana from the
+    ingress controller, and for Prometheus alone the apps' port in ``staging`` and the
+    API server (service discovery); never production.
     """
     return [*_staging_policies(topology), *_monitoring_policies(topology)]
 
 
 def _staging_policies(topology: Topology) -> list[Manifest]:
-    """Into ``staging``: its own pods, the ingress controller and staging's Prometheus."""
+    """Into and out of ``staging``."""
     env = topology.staging
-    ns, mon = env.namespace, env.monitoring.namespace
-    ingress_ns = env.cluster.ingress_namespace
-    np = "networking.k8s.io/v1"
-    same_namespace: dict[str, Any] = {"podSelector": {}}
+    ns, mon, db = env.namespace, env.monitoring.namespace, env.database
+    apps: dict[str, Any] = {"podSelector": {"matchLabels": dict(APP_POD_LABELS)}}
+    database_pods = {"app.kubernetes.io/name": db.service}
+    sync: dict[str, Any] = {"podSelector": {"matchLabels": dict(db.sync_pod_labels)}}
+    to_database = {"to": [{"podSelector": {"matchLabels": database_pods}}], "ports": _tcp(5432)}
     return [
-        {
-            "apiVersion": np,
-            "kind": "NetworkPolicy",
-            "metadata": _meta(env, "default-deny-cross-namespace", ns),
-            "spec": {
-                "podSelector": {},
-                "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": [same_namespace]}],
-                "egress": [
-                    {"to": [same_namespace]},
-                    _dns_egress(topology),
-                    _internet_egress(env),
-                ],
-            },
-        },
-        {
-            "apiVersion": np,
-            "kind": "NetworkPolicy",
-            "metadata": _meta(env, "allow-ingress-controller", ns),
-            "spec": {
-                "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "rsolv"}},
-                "policyTypes": ["Ingress"],
-                "ingress": [{"from": [_from_namespace(ingress_ns)]}],
-            },
-        },
-        {
-            "apiVersion": np,
-            "kind": "NetworkPolicy",
-            "metadata": _meta(env, "allow-monitoring-scrape", ns),
-            "spec": {
-                "podSelector": {},
-                "policyTypes": ["Ingress"],
-                # Prometheus only (namespace AND pod selector in one peer), not all of
-                # staging-monitoring: Grafana and Alertmanager have no business in staging.
-                "ingress": [
-                    {
-                        "from": [
-                            {
-                                **_from_namespace(mon),
-                                "podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)},
-                            }
-                        ]
-                    }
-                ],
-            },
-        },
+        # Selects every pod: nothing in, only DNS out, unless a policy below says more.
+        _policy(env, "default-deny-cross-namespace", ns, {}, ingress=[], egress=[_dns_egress(env)]),
+        _policy(
+            env,
+            "allow-apps",
+            ns,
+            APP_POD_LABELS,
+            ingress=[{"from": [apps], "ports": _tcp(env.app_port)}],
+            egress=[
+                {"to": [apps], "ports": _tcp(env.app_port)},
+                to_database,
+                _internet_egress(env),
+            ],
+        ),
+        _policy(
+            env,
+            "allow-ingress-controller",
+            ns,
+            APP_POD_LABELS,
+            ingress=[_from_ingress_controller(env, env.app_port)],
+        ),
+        # Prometheus only (namespace AND pod selector in one peer), not all of
+        # staging-monitoring, and only the apps' metrics port: never the database.
+        _policy(
+            env,
+            "allow-monitoring-scrape",
+            ns,
+            APP_POD_LABELS,
+            ingress=[{"from": [_pods_in(mon, PROMETHEUS_POD_LABELS)], "ports": _tcp(env.app_port)}],
+        ),
+        _policy(
+            env,
+            "allow-database-clients",
+            ns,
+            database_pods,
+            ingress=[{"from": [apps, sync], "ports": _tcp(5432)}],
+        ),
+        _policy(env, "allow-data-sync", ns, db.sync_pod_labels, egress=[to_database]),
     ]
 
 
 def _monitoring_policies(topology: Topology) -> list[Manifest]:
-    """In and out of ``staging-monitoring``: itself, DNS, ``staging``, Grafana's ingress.
+    """In and out of ``staging-monitoring``: itself, DNS, Grafana's ingress, the scrape.
 
     And for Prometheus alone, the API server (service discovery); never production.
     """
     env = topology.staging
     ns, mon = env.namespace, env.monitoring.namespace
-    ingress_ns = env.cluster.ingress_namespace
-    np = "networking.k8s.io/v1"
     same_namespace: dict[str, Any] = {"podSelector": {}}
     return [
-        {
-            "apiVersion": np,
-            "kind": "NetworkPolicy",
-            "metadata": _meta(env, "default-deny-cross-namespace", mon),
-            "spec": {
-                "podSelector": {},
-                "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": [same_namespace]}],
-                # Monitoring may reach itself, DNS, and staging's pods (to scrape): nothing else.
-                "egress": [
-                    {"to": [same_namespace]},
-                    {"to": [_from_namespace(ns)]},
-                    _dns_egress(topology),
-                ],
-            },
-        },
-        {
-            # Grafana is the one thing served through the ingress controller
-            # (grafana.rsolv-staging.com); Prometheus and Alertmanager are not exposed.
-            "apiVersion": np,
-            "kind": "NetworkPolicy",
-            "metadata": _meta(env, "allow-ingress-controller", mon),
-            "spec": {
-                "podSelector": {"matchLabels": dict(GRAFANA_POD_LABELS)},
-                "policyTypes": ["Ingress"],
-                "ingress": [{"from": [_from_namespace(ingress_ns)]}],
-            },
-        },
-        {
-            "apiVersion": np,
-            "kind": "NetworkPolicy",
-            "metadata": _meta(env, "allow-prometheus-kube-api", mon),
-            "spec": {
-                "podSelector": {"matchLabels": dict(PROMETHEUS_POD_LABELS)},
-                "policyTypes": ["Egress"],
-                "egress": [_kube_api_egress(env)],
-            },
-        },
+        _policy(
+            env,
+            "default-deny-cross-namespace",
+            mon,
+            {},
+            ingress=[{"from": [same_namespace]}],
+            egress=[{"to": [same_namespace]}, _dns_egress(env)],
+        ),
+        # Grafana is the one thing served through the ingress controller
+        # (grafana.rsolv-staging.com); Prometheus and Alertmanager are not exposed.
+        _policy(
+            env,
+            "allow-ingress-controller",
+            mon,
+            GRAFANA_POD_LABELS,
+            ingress=[_from_ingress_controller(env, GRAFANA_PORT)],
+        ),
+        _policy(
+            env,
+            "allow-prometheus-kube-api",
+            mon,
+            PROMETHEUS_POD_LABELS,
+            egress=[
+                _kube_api_egress(env),
+                # What it scrapes (deployments/monitoring/overlays/staging/prometheus.yml):
+                # the apps' http port in staging, nothing else there.
+                {"to": [_pods_in(ns, APP_POD_LABELS)], "ports": _tcp(env.app_port)},
+            ],
+        ),
+    ]
+
+
+def production_network_policies(topology: Topology) -> list[Manifest]:
+    """Production's side of the isolation, as its overlays ship them (tests compare).
+
+    Ingress only, so production's own traffic out is unchanged: into ``production`` its
+    own pods, the ingress controller's pods and production's Prometheus (the app port);
+    into ``monitoring`` its own pods and the ingress controller to Grafana. Never built
+    into a staging flow's objects: the promotion applies the overlays, and the guard
+    refuses production objects in staging flows.
+    """
+    env = topology.production
+    ns, mon = env.namespace, env.monitoring.namespace
+    same_namespace: dict[str, Any] = {"podSelector": {}}
+    deny = [{"from": [same_namespace]}]
+    return [
+        _policy(env, "default-deny-cross-namespace", ns, {}, ingress=deny),
+        _policy(
+            env,
+            "allow-ingress-controller",
+            ns,
+            APP_POD_LABELS,
+            ingress=[_from_ingress_controller(env, env.app_port)],
+        ),
+        _policy(
+            env,
+            "allow-monitoring-scrape",
+            ns,
+            APP_POD_LABELS,
+            ingress=[{"from": [_pods_in(mon, PROMETHEUS_POD_LABELS)], "ports": _tcp(env.app_port)}],
+        ),
+        _policy(env, "default-deny-cross-namespace", mon, {}, ingress=deny),
+        _policy(
+            env,
+            "allow-ingress-controller",
+            mon,
+            GRAFANA_POD_LABELS,
+            ingress=[_from_ingress_controller(env, GRAFANA_PORT)],
+        ),
     ]
 
 
@@ -404,31 +498,75 @@ def database(topology: Topology) -> list[Manifest]:
         {
             "apiVersion": "apps/v1",
             "kind": "StatefulSet",
-            "metadata": _meta(env, name, ns, **meta_labels),
+            "metadata": {
+                **_meta(env, name, ns, **meta_labels),
+                # checkov's inline suppression (CKV id=reason), reviewed.
+                "annotations": {
+                    "checkov.io/skip1": f"CKV_K8S_40=uid {db.run_as_user} is the postgres "
+                    "image's own postgres user that owns its files and data directory; it is "
+                    "non-root as Pod Security restricted demands"
+                },
+            },
             "spec": {
                 "serviceName": name,
                 "replicas": 1,
                 "selector": {"matchLabels": selector},
                 "template": {
                     "metadata": {"labels": {**labels(env), **meta_labels}},
-                    "spec": {
-                        "containers": [_postgres_container(topology)],
-                        "volumes": [
-                            {"name": "data", "persistentVolumeClaim": {"claimName": f"{name}-data"}}
-                        ],
-                    },
+                    "spec": _postgres_pod_spec(topology),
                 },
             },
         },
     ]
 
 
+def _postgres_pod_spec(topology: Topology) -> dict[str, Any]:
+    """The database pod: Pod Security restricted, as the image's own user, no API token."""
+    db = topology.staging.database
+    name, password = db.service, _password_secret(topology)
+    return {
+        # No API access needed: no service-account token in the pod.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": db.run_as_user,
+            "runAsGroup": db.run_as_user,
+            "fsGroup": db.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_postgres_container(topology)],
+        "volumes": [
+            {
+                "name": "data",
+                "persistentVolumeClaim": {"claimName": f"{name}-data"},
+            },
+            # The root filesystem is read-only: the server's socket and
+            # lock files, and its temporary files, live here instead.
+            {"name": "run", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            {
+                "name": "password",
+                "secret": {"secretName": password, "defaultMode": 0o440},
+            },
+        ],
+    }
+
+
+def _password_secret(topology: Topology) -> str:
+    env = topology.staging
+    return next(env.secret_name(s) for s in topology.secrets if s.name == "database")
+
+
 def _postgres_container(topology: Topology) -> dict[str, Any]:
-    """The PostgreSQL container: settings sized to its memory, password from the Secret."""
+    """The PostgreSQL container: settings sized to its memory, password from the Secret.
+
+    The password is read from a file (the image's ``POSTGRES_PASSWORD_FILE``), not an
+    environment variable, which every process in the container and a crash dump would see.
+    """
     env = topology.staging
     db = env.database
-    password_secret = next(env.secret_name(s) for s in topology.secrets if s.name == "database")
     res = {"cpu": db.resources.cpu, "memory": db.resources.memory}
+    ready = {"exec": {"command": ["pg_isready", "-U", "postgres"]}}
     return {
         "name": "postgres",
         "image": db.image,
@@ -440,18 +578,26 @@ def _postgres_container(topology: Topology) -> dict[str, Any]:
         "ports": [{"name": "postgres", "containerPort": 5432}],
         "env": [
             {"name": "POSTGRES_DB", "value": db.name},
-            {
-                "name": "POSTGRES_PASSWORD",
-                "valueFrom": {"secretKeyRef": {"name": password_secret, "key": "password"}},
-            },
+            {"name": "POSTGRES_PASSWORD_FILE", "value": "/run/secrets/postgres/password"},
             {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
         ],
         "resources": {"requests": res, "limits": res},
-        "readinessProbe": {
-            "exec": {"command": ["pg_isready", "-U", "postgres"]},
-            "periodSeconds": 5,
+        "securityContext": dict(CONTAINER_SECURITY),
+        "readinessProbe": {**ready, "periodSeconds": 5},
+        # Generous: a crash recovery or the first initdb must not be cut short by a restart.
+        "livenessProbe": {
+            **ready,
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
         },
-        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+            {"name": "run", "mountPath": "/var/run/postgresql"},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "password", "mountPath": "/run/secrets/postgres", "readOnly": True},
+        ],
     }
 
 

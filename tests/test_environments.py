@@ -75,6 +75,31 @@ def test_staging_can_move_to_its_own_cluster_by_configuration() -> None:
         ({"staging": {"monitoring": {"paging": True}}}, "staging.monitoring.paging"),
         ({"staging": {"monitoring": {"retention": "3 days"}}}, "staging.monitoring.retention"),
         ({"production": {"app_resources": {"replicas": 0}}}, "production.app_resources.replicas"),
+        # The hardening's fields (issue 19): pinned images, real networks, labels and ports.
+        ({"production": {"database": {"image": "postgres:15"}}}, "production.database.image"),
+        ({"staging": {"database": {"image": "postgres:15"}}}, "staging.database.image"),
+        ({"production": {"database": {"run_as_user": 0}}}, "production.database.run_as_user"),
+        (
+            {"production": {"cluster": {"api_server_cidrs": ["192.168.1.300/32"]}}},
+            "production.cluster.api_server_cidrs",
+        ),
+        (
+            {"production": {"cluster": {"private_cidrs": ["not-a-network"]}}},
+            "production.cluster.private_cidrs",
+        ),
+        ({"production": {"cluster": {"dns_pod_labels": {}}}}, "production.cluster.dns_pod_labels"),
+        (
+            {"production": {"cluster": {"ingress_pod_labels": {"app": "bad value!"}}}},
+            "production.cluster.ingress_pod_labels",
+        ),
+        (
+            {"production": {"cluster": {"pod_security_version": "1.33"}}},
+            "production.cluster.pod_security_version",
+        ),
+        ({"staging": {"internet_egress_ports": []}}, "staging.internet_egress_ports"),
+        ({"staging": {"internet_egress_ports": [70000]}}, "staging.internet_egress_ports"),
+        ({"staging": {"pod_security": "privileged"}}, "staging.pod_security"),
+        ({"staging": {"app_port": 0}}, "staging.app_port"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_field(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 from rsolv_staging.environments import Environment, default_topology
 from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.images import parse_image
+from rsolv_staging.settings import REPO_ROOT
 from tasks.manifests import DEPLOYMENTS, ManifestError, render
 
 TOPOLOGY = default_topology()
@@ -91,10 +95,74 @@ def _neutral(node: Any, env: Environment) -> Any:
 
 
 def test_overlays_differ_only_where_the_rfc_says() -> None:
-    """With namespace, size, domain, secrets, log level and DB host neutralised, they are equal."""
+    """With namespace, size, domain, secrets, log level and DB host neutralised, they are equal.
+
+    Besides production's NetworkPolicies, which only its overlay ships (staging's come from
+    provisioning; tests/test_network_policies.py checks both against the model).
+    """
+    production_objects = _render(TOPOLOGY.production)
+    assert _of_kind(production_objects, "NetworkPolicy")
+    assert _of_kind(_render(TOPOLOGY.staging), "NetworkPolicy") == []
     staging = _neutral(_render(TOPOLOGY.staging), TOPOLOGY.staging)
-    production = _neutral(_render(TOPOLOGY.production), TOPOLOGY.production)
+    production = _neutral(
+        [o for o in production_objects if o["kind"] != "NetworkPolicy"], TOPOLOGY.production
+    )
     assert staging == production
+
+
+# name[:tag]@sha256:<64 hex>, nothing else: a tag alone can move.
+_PINNED = re.compile(
+    r"^[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9._-]+)*(?::[\w][\w.-]*)?@sha256:[0-9a-f]{64}$"
+)
+
+
+def _images(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str):
+                yield value
+            else:
+                yield from _images(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _images(item)
+
+
+def _render_all() -> dict[str, list[dict[str, Any]]]:
+    """What scripts/render_all.py renders (and scripts/lint hands to checkov)."""
+    spec = importlib.util.spec_from_file_location(
+        "render_all", REPO_ROOT / "scripts" / "render_all.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rendered: dict[str, list[dict[str, Any]]] = module.rendered()
+    return rendered
+
+
+def test_every_image_we_render_or_build_is_pinned_by_digest() -> None:
+    """The four overlays (apps with a deploy's digests) and provisioning's objects."""
+    rendered = _render_all()
+    assert set(rendered) == {
+        "apps-staging",
+        "apps-production",
+        "monitoring-staging",
+        "monitoring-production",
+        "provisioning-staging",
+    }
+    images = {image for objects in rendered.values() for image in _images(objects)}
+    assert len(images) >= 5  # two apps, Prometheus, Alertmanager, Grafana, PostgreSQL
+    assert sorted(i for i in images if not _PINNED.match(i)) == []
+    assert any(i.startswith("postgres:") for i in images)
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["postgres:15", "postgres", "prom/prometheus:v3.5.0", "postgres:15@sha256:abc"],
+)
+def test_the_pin_check_refuses_floating_images(image: str) -> None:
+    assert not _PINNED.match(image)
 
 
 def test_images_are_pinned_to_the_given_digest() -> None:

@@ -8,11 +8,9 @@ model; the last ones run the provision flow against the Kubernetes API emulator.
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +218,7 @@ def test_every_object_is_the_environments_and_labelled(
 
 
 def test_both_environments_run_the_same_pinned_images(rendered: dict[str, list[Manifest]]) -> None:
-    """Prometheus, Alertmanager and Grafana images are identical in both and pinned to a version."""
+    """Prometheus, Alertmanager and Grafana images are identical in both, pinned by digest."""
 
     def images(objects: list[Manifest]) -> dict[str, str]:
         return {
@@ -233,7 +231,7 @@ def test_both_environments_run_the_same_pinned_images(rendered: dict[str, list[M
     assert staging == images(rendered["production"])
     assert set(staging) == {"prometheus", "alertmanager", "grafana"}
     for image in staging.values():
-        assert re.fullmatch(r"[a-z/]+:v?\d+\.\d+\.\d+", image), image
+        assert re.fullmatch(r"[a-z/]+:v?\d+\.\d+\.\d+@sha256:[0-9a-f]{64}", image), image
 
 
 def test_both_overlays_agree_with_the_model_and_not_with_each_other(
@@ -464,123 +462,8 @@ def test_scrape_check_catches_every_way_out(
 # --- NetworkPolicies ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A pod (namespace, labels, IP) or, with no namespace, an address outside the pod network."""
-
-    ip: str
-    namespace: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-
-def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    assert set(selector) <= {"matchLabels"}, "this evaluator only knows matchLabels"
-    wanted: Mapping[str, str] = selector.get("matchLabels", {})
-    return wanted.items() <= labels.items()
-
-
-def _peer_matches(peer: Mapping[str, Any], policy_ns: str, other: Endpoint) -> bool:
-    if "ipBlock" in peer:
-        address = ipaddress.ip_address(other.ip)
-        block = peer["ipBlock"]
-        return address in ipaddress.ip_network(block["cidr"]) and not any(
-            address in ipaddress.ip_network(cidr) for cidr in block.get("except", [])
-        )
-    if other.namespace is None:
-        return False
-    if "namespaceSelector" in peer:
-        ns_ok = _selects(
-            peer["namespaceSelector"], {"kubernetes.io/metadata.name": other.namespace}
-        )
-    else:
-        ns_ok = other.namespace == policy_ns
-    return ns_ok and _selects(peer.get("podSelector", {}), other.labels)
-
-
-def _permits(policies: list[Manifest], pod: Endpoint, other: Endpoint, port: int, way: str) -> bool:
-    """Whether ``pod``'s policies allow traffic with ``other`` (``way``: Ingress or Egress)."""
-    if pod.namespace is None:
-        return True
-    relevant = [
-        p
-        for p in policies
-        if p["metadata"]["namespace"] == pod.namespace
-        and _selects(p["spec"]["podSelector"], pod.labels)
-        and way in p["spec"]["policyTypes"]
-    ]
-    if not relevant:
-        return True  # no policy selects it: Kubernetes allows everything
-    peers_key = "from" if way == "Ingress" else "to"
-    for policy in relevant:
-        for rule in policy["spec"].get(way.lower(), []):
-            ports = [p["port"] for p in rule.get("ports", [])]
-            if ports and port not in ports:
-                continue
-            peers = rule.get(peers_key)
-            if not peers or any(
-                _peer_matches(peer, policy["metadata"]["namespace"], other) for peer in peers
-            ):
-                return True
-    return False
-
-
-def _can_connect(policies: list[Manifest], src: Endpoint, dst: Endpoint, port: int) -> bool:
-    return _permits(policies, src, dst, port, "Egress") and _permits(
-        policies, dst, src, port, "Ingress"
-    )
-
-
-def test_network_policies_let_prometheus_scrape_staging_and_keep_production_apart(
-    rendered: dict[str, list[Manifest]],
-) -> None:
-    """Evaluated over provisioning's policies and the rendered pods' labels, as a CNI would."""
-    policies = network_policies(TOPOLOGY)
-    objects = rendered["staging"]
-
-    def pod(kind: str, name: str, ip: str) -> Endpoint:
-        labels = _one(objects, kind, name)["spec"]["template"]["metadata"]["labels"]
-        return Endpoint(ip, STAGING.monitoring.namespace, labels)
-
-    prometheus = pod("StatefulSet", "prometheus", "10.42.0.10")
-    grafana = pod("Deployment", "grafana", "10.42.0.11")
-    alertmanager = pod("Deployment", "alertmanager", "10.42.0.12")
-    app = {"app.kubernetes.io/part-of": "rsolv", "app.kubernetes.io/name": "rsolv-api"}
-    staging_api = Endpoint("10.42.1.5", STAGING.namespace, app)
-    production_api = Endpoint("10.42.2.5", PRODUCTION.namespace, app)
-    production_prometheus = Endpoint(
-        "10.42.2.9", PRODUCTION.monitoring.namespace, prometheus.labels
-    )
-    ingress_controller = Endpoint(
-        "10.42.3.3", STAGING.cluster.ingress_namespace, {"app": "traefik"}
-    )
-    api_server = Endpoint("192.168.1.10")  # a node's address, where k3s serves the API
-    other_node = Endpoint("192.168.1.11")  # production's NodePorts answer on every node
-    internet = Endpoint("52.1.2.3")  # a third-party API
-
-    allowed = [
-        (prometheus, staging_api, 4000),  # scraping
-        (prometheus, api_server, 6443),  # service discovery
-        (prometheus, alertmanager, 9093),
-        (grafana, prometheus, 9090),
-        (ingress_controller, grafana, 3000),
-        (staging_api, internet, 443),
-    ]
-    denied = [
-        (prometheus, production_api, 4000),
-        (prometheus, production_api, 443),  # the API server's ports, but a production pod
-        (prometheus, production_prometheus, 9090),
-        (grafana, staging_api, 4000),  # only Prometheus may enter staging
-        (grafana, api_server, 6443),
-        (alertmanager, api_server, 443),
-        (ingress_controller, prometheus, 9090),  # only Grafana is exposed
-        (production_api, grafana, 3000),
-        (production_prometheus, prometheus, 9090),
-        (staging_api, prometheus, 9090),
-        (staging_api, other_node, 30080),  # a production NodePort, via a node's address
-        (staging_api, api_server, 6443),
-    ]
-    assert [(s.ip, d.ip) for s, d, port in allowed if not _can_connect(policies, s, d, port)] == []
-    assert [(s.ip, d.ip) for s, d, port in denied if _can_connect(policies, s, d, port)] == []
+# The evaluator (both ends' policies, as Kubernetes decides) and its table of cases moved
+# to tests/test_network_policies.py, over the production overlays' policies too.
 
 
 def test_network_policies_never_name_a_production_namespace() -> None:

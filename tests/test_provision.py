@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -149,14 +150,27 @@ def test_network_policies_keep_other_namespaces_out(
         "networking.k8s.io/v1", "NetworkPolicy", "default-deny-cross-namespace", "staging"
     )
     assert deny is not None
+    # Every pod: nothing in, and out only DNS to CoreDNS's pods; the internet is the apps'.
+    assert not deny["spec"].get("ingress")
+    assert [rule["ports"] for rule in deny["spec"]["egress"]] == [
+        [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    ]
+    apps = cluster.get("networking.k8s.io/v1", "NetworkPolicy", "allow-apps", "staging")
+    assert apps is not None
+    assert apps["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/part-of": "rsolv"}}
     internet = [
-        peer["ipBlock"]
-        for rule in deny["spec"]["egress"]
+        (peer["ipBlock"], rule["ports"])
+        for rule in apps["spec"]["egress"]
         for peer in rule["to"]
         if "ipBlock" in peer
     ]
     cut = ["10.42.0.0/16", "10.43.0.0/16", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12"]
-    assert internet == [{"cidr": "0.0.0.0/0", "except": [*cut, "192.168.0.0/16", "100.64.0.0/10"]}]
+    assert internet == [
+        (
+            {"cidr": "0.0.0.0/0", "except": [*cut, "192.168.0.0/16", "100.64.0.0/10"]},
+            [{"protocol": "TCP", "port": 443}],
+        )
+    ]
 
 
 def test_second_run_changes_nothing_and_says_so(
@@ -172,6 +186,91 @@ def test_second_run_changes_nothing_and_says_so(
     assert versions == {
         object_key(o): o["metadata"]["resourceVersion"] for o in cluster.list("Secret", "staging")
     }
+
+
+# Fields and policies this hardening added (issue 19): what an older provision lacked.
+_NEW_POD_FIELDS = ("securityContext", "automountServiceAccountToken")
+_NEW_CONTAINER_FIELDS = ("securityContext", "livenessProbe")
+_NEW_POLICIES = {"allow-apps", "allow-database-clients", "allow-data-sync"}
+
+
+def _old_variant(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """``obj`` as the provision before the hardening built it (None: it did not exist)."""
+    old = copy.deepcopy(obj)
+    meta = old["metadata"]
+    meta.pop("annotations", None)
+    meta["labels"] = {
+        k: v for k, v in meta.get("labels", {}).items() if not k.startswith("pod-security.")
+    }
+    if old["kind"] == "NetworkPolicy":
+        if meta["name"] in _NEW_POLICIES:
+            return None
+        # Wider, as the old rules were: any port, any pod of a peer namespace.
+        for way in ("ingress", "egress"):
+            for rule in old["spec"].get(way) or []:
+                rule.pop("ports", None)
+        if not old["spec"].get("ingress") and "Ingress" in old["spec"]["policyTypes"]:
+            old["spec"]["ingress"] = [{"from": [{"podSelector": {}}]}]
+    template = old.get("spec", {}).get("template", {}).get("spec")
+    if template:
+        for key in _NEW_POD_FIELDS:
+            template.pop(key, None)
+        for container in template["containers"]:
+            container["image"] = container["image"].split("@")[0].replace(":15.14", ":15")
+            for key in _NEW_CONTAINER_FIELDS:
+                container.pop(key, None)
+            for variable in container.get("env", []):
+                if variable["name"] == "POSTGRES_PASSWORD_FILE":  # was the plain variable
+                    variable.clear()
+                    variable["name"] = "POSTGRES_PASSWORD"
+                    ref = {"name": "staging-database", "key": "password"}
+                    variable["valueFrom"] = {"secretKeyRef": ref}
+    return old
+
+
+def test_provision_upgrades_the_objects_of_an_older_provision_in_place(
+    cluster: KubeEmulator, secret_values: dict[str, str]
+) -> None:
+    """Over the old objects (no PSA labels, securityContexts or narrow policies), the first
+    run changes them to today's, removing what is no longer there; the second changes nothing.
+    """
+    env = TOPOLOGY.staging
+    values = {
+        env.secret_name(s): {k: secret_values[f"{env.secret_name(s)}-{k}"] for k in s.data_keys}
+        for s in TOPOLOGY.secrets
+    }
+    current = [
+        *staging_objects(TOPOLOGY, values),
+        *render(DEPLOYMENTS / "monitoring" / "overlays" / "staging"),
+    ]
+    old = [o for o in (_old_variant(obj) for obj in current) if o is not None]
+
+    @flow
+    def apply_old() -> object:
+        return apply_objects(old, cluster=env.cluster, settings=Settings())
+
+    apply_old()
+    first = provision_staging()
+    assert first.changed > 0
+    second = provision_staging()
+    assert (second.created, second.changed, second.unchanged) == (0, 0, len(EXPECTED_KEYS))
+    namespace = cluster.get("v1", "Namespace", "staging")
+    assert namespace is not None
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    deny = cluster.get(
+        "networking.k8s.io/v1", "NetworkPolicy", "default-deny-cross-namespace", "staging"
+    )
+    assert deny is not None
+    assert not deny["spec"].get("ingress")  # the old same-namespace rule is gone
+    postgres = cluster.get("apps/v1", "StatefulSet", env.database.service, "staging")
+    assert postgres is not None
+    pod = postgres["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == env.database.image
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "livenessProbe" in container
+    assert "POSTGRES_PASSWORD" not in {e["name"] for e in container["env"]}
 
 
 def test_report_artifact_lists_objects_and_never_a_secret_value(
