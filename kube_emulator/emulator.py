@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from .admission import Admission
 from .api import NOT_FOUND, Target, handle, parse_target
 from .controllers import Behaviour, Controllers, Mode
 from .discovery import document, is_discovery
@@ -103,6 +104,7 @@ class KubeEmulator:
     ) -> None:
         self.store = Store()
         self.controllers = Controllers(self.store, workloads)
+        self.admission = Admission(self.store)
         self.user = user  # the identity named in Forbidden messages
         self._address = (host, port)
         self._lock = threading.Lock()
