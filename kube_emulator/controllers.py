@@ -282,6 +282,12 @@ class Controllers:
         refused = self._pods(
             current, mode, reason, [f"{rs_name}-{uuid.uuid4().hex[:5]}" for _ in range(replicas)]
         )
+        self._rollout_status(kind, dep, current, mode, refused)
+
+    def _rollout_status(self, kind: Kind, dep: Obj, rs: Obj, mode: Mode, refused: str) -> None:
+        """The status of a Deployment and its current ReplicaSet once its pods are made."""
+        meta, ns, rs_name = dep["metadata"], dep["metadata"]["namespace"], rs["metadata"]["name"]
+        replicas = dep["spec"].get("replicas", 1)
         created = 0 if refused else replicas
         ready = created if mode == "ready" else 0
         rs_status: Obj = {
@@ -289,16 +295,12 @@ class Controllers:
             "fullyLabeledReplicas": created,
             "readyReplicas": ready,
             "availableReplicas": ready,
-            "observedGeneration": current["metadata"]["generation"],
+            "observedGeneration": rs["metadata"]["generation"],
         }
         # Pods that admission refuses: the ReplicaSet reports ReplicaFailure and the
         # Deployment copies it, while the rollout keeps "progressing" until its deadline.
-        failure = (
-            [_condition("ReplicaFailure", True, "FailedCreate", "{m}", m=refused)]
-            if refused
-            else []
-        )
-        if failure:
+        failure = [_condition("ReplicaFailure", True, "FailedCreate", "{m}", m=refused)]
+        if refused:
             rs_status["conditions"] = failure
         self.store.set_status(REPLICA_SET, ns, rs_name, rs_status)
         shown: Mode = "never-ready" if refused and mode == "ready" else mode
@@ -309,7 +311,7 @@ class Controllers:
             "updatedReplicas": created,
             "readyReplicas": ready,
             "availableReplicas": ready,
-            "conditions": conditions + failure,
+            "conditions": conditions + (failure if refused else []),
         }
         if replicas - ready:
             status["unavailableReplicas"] = replicas - ready

@@ -26,6 +26,7 @@ from .controllers import Behaviour, Controllers, Mode
 from .discovery import document, is_discovery
 from .kinds import Kind, by_kind, kind_named
 from .store import ApiError, Obj, Store, Watcher, bad_request
+from .validation import check_update
 
 log = logging.getLogger("kube_emulator")
 
@@ -105,6 +106,7 @@ class KubeEmulator:
         self.store = Store()
         self.controllers = Controllers(self.store, workloads)
         self.admission = Admission(self.store)
+        self.store.check_update = check_update
         self.user = user  # the identity named in Forbidden messages
         self._address = (host, port)
         self._lock = threading.Lock()

@@ -264,6 +264,8 @@ class Store:
         # quotas' usage after each write.
         self.admit: Callable[[Kind, Obj], None] | None = None
         self.after_write: Callable[[Kind, str], None] | None = None
+        # Validation of an update against the object it replaces (immutable fields).
+        self.check_update: Callable[[Kind, Obj, Obj], None] | None = None
 
     @property
     def resource_version(self) -> int:
@@ -389,6 +391,8 @@ class Store:
                 meta[server_owned] = old["metadata"][server_owned]
             if not meta.get("managedFields"):
                 meta.pop("managedFields", None)
+            if subresource != "status" and self.check_update is not None:
+                self.check_update(kind, old, new)
             if new == old:
                 return copy.deepcopy(old), "unchanged"
             if _content(new) != _content(old):

@@ -1079,3 +1079,79 @@ def test_a_deployment_over_quota_reports_failed_create(
         in (failure["message"])
     )
     assert dep["status"].get("availableReplicas", 0) == 0
+
+
+# --- validation: immutable fields -----------------------------------------------------------
+
+
+def test_a_deployment_selector_change_is_refused_as_immutable(
+    apps: client.AppsV1Api, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Changing spec.selector, by a patch or by kubectl apply, is 422 "field is immutable"."""
+    apps.create_namespaced_deployment(NS, deployment())
+    moved = deployment()
+    moved["spec"]["selector"] = {"matchLabels": {"app": "web", "tier": "front"}}
+    moved["spec"]["template"]["metadata"]["labels"]["tier"] = "front"
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_deployment("web", NS, moved)
+    assert err.value.status == 422
+    status = status_of(err.value)
+    assert status["reason"] == "Invalid"
+    assert status["message"] == (
+        'Deployment.apps "web" is invalid: spec.selector: Invalid value: '
+        'v1.LabelSelector{MatchLabels:map[string]string{"app":"web", "tier":"front"}, '
+        "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"
+    )
+    assert [c["field"] for c in status["details"]["causes"]] == ["spec.selector"]
+    manifest = tmp_path / "moved.yaml"
+    manifest.write_text(yaml.safe_dump(moved))
+    applied = run_kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest))
+    assert applied.returncode != 0
+    assert "spec.selector: Invalid value" in applied.stderr
+    assert "field is immutable" in applied.stderr
+    replicas = deployment(replicas=5)  # what is not immutable still changes
+    assert apps.patch_namespaced_deployment("web", NS, replicas).spec.replicas == 5
+
+
+def test_stateful_set_services_and_immutable_config_maps_keep_their_fields(
+    apps: client.AppsV1Api, core: client.CoreV1Api
+) -> None:
+    """A StatefulSet's volumeClaimTemplates, a Service's clusterIP and an immutable
+    ConfigMap's data are refused 422 with the real messages; allowed changes pass."""
+    sts = deployment("db")
+    sts["kind"] = "StatefulSet"
+    sts["spec"]["serviceName"] = "db"
+    claim = {"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}}}
+    sts["spec"]["volumeClaimTemplates"] = [claim]
+    apps.create_namespaced_stateful_set(NS, sts)
+    claim["spec"]["resources"]["requests"]["storage"] = "2Gi"
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_stateful_set("db", NS, sts)
+    assert status_of(err.value)["message"] == (
+        'StatefulSet.apps "db" is invalid: spec: Forbidden: updates to statefulset spec for '
+        "fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', "
+        "'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+    )
+    assert apps.patch_namespaced_stateful_set("db", NS, {"spec": {"replicas": 3}}).spec.replicas
+
+    service = {
+        "metadata": {"name": "db"},
+        "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 5432}]},
+    }
+    core.create_namespaced_service(NS, service)
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_service("db", NS, {"spec": {"clusterIP": "10.43.0.11"}})
+    assert status_of(err.value)["message"] == (
+        'Service "db" is invalid: spec.clusterIPs[0]: Invalid value: []string{"10.43.0.11"}: '
+        "may not change once set"
+    )
+
+    core.create_namespaced_config_map(NS, {**configmap("frozen"), "immutable": True})
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_config_map("frozen", NS, {"data": {"key": "other"}})
+    assert err.value.status == 422
+    assert status_of(err.value)["message"] == (
+        'ConfigMap "frozen" is invalid: data: Forbidden: field is immutable when `immutable` is set'
+    )
+    core.delete_namespaced_config_map("frozen", NS)  # deleting is how it changes
+
