@@ -1155,3 +1155,58 @@ def test_stateful_set_services_and_immutable_config_maps_keep_their_fields(
     )
     core.delete_namespaced_config_map("frozen", NS)  # deleting is how it changes
 
+
+# --- validation: the OpenAPI schema ---------------------------------------------------------
+
+
+def test_kubectl_apply_with_a_typo_is_refused_naming_the_field(
+    kube: KubeEmulator, api: client.ApiClient, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """kubectl validates strictly (fieldValidation=Strict): an unknown field is refused with
+    the real decoder's message, for client-side and server-side apply alike; nothing is
+    written."""
+    typo = deployment()
+    typo["spec"]["replicaz"] = 3
+    manifest = tmp_path / "typo.yaml"
+    manifest.write_text(yaml.safe_dump(typo))
+    created = run_kubectl(kubeconfig, "create", "-f", str(manifest))
+    assert created.returncode != 0
+    assert (
+        'Deployment in version "v1" cannot be handled as a Deployment: '
+        'strict decoding error: unknown field "spec.replicaz"'
+    ) in created.stderr
+    applied = run_kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest))
+    assert applied.returncode != 0
+    assert ".spec.replicaz: field not declared in schema" in applied.stderr
+    assert kube.list("Deployment", NS) == []
+
+
+def test_unknown_fields_are_dropped_with_a_warning_unless_strict_and_wrong_types_refused(
+    kube: KubeEmulator, api: client.ApiClient
+) -> None:
+    """Without fieldValidation (the Python client) the server drops an unknown field and
+    says so in a Warning header; Strict refuses it with the field in the Status; a value of
+    the wrong type never decodes."""
+    typo = deployment()
+    typo["spec"]["replicaz"] = 3
+    pool = urllib3.PoolManager()
+    url = f"{kube.url}/apis/apps/v1/namespaces/{NS}/deployments"
+    headers = {"Content-Type": "application/json"}
+    strict = pool.request(
+        "POST", url + "?fieldValidation=Strict", body=json.dumps(typo), headers=headers
+    )
+    assert strict.status == 400
+    causes = json.loads(strict.data)["details"]["causes"]
+    assert [c["field"] for c in causes] == ["spec.replicaz"]
+    lenient = pool.request("POST", url, body=json.dumps(typo), headers=headers)
+    assert lenient.status == 201
+    assert lenient.headers.get("Warning") == '299 - "unknown field \\"spec.replicaz\\""'
+    assert "replicaz" not in json.loads(lenient.data)["spec"]
+    wrong = deployment("other")
+    wrong["spec"]["replicas"] = "two"
+    typed = pool.request("POST", url, body=json.dumps(wrong), headers=headers)
+    assert typed.status == 400
+    assert json.loads(typed.data)["message"] == (
+        'Deployment in version "v1" cannot be handled as a Deployment: json: cannot '
+        "unmarshal string into Go struct field spec.replicas of type int32"
+    )
