@@ -9,6 +9,7 @@ controller's part, ``status.used``, is kept current after every write.
 from __future__ import annotations
 
 import copy
+import threading
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,18 @@ class Admission:
         self.store = store
         store.admit = self.admit
         store.after_write = self.refresh
+        # Where the request being served on this thread collects its Warning headers.
+        self._local = threading.local()
+
+    def collect(self, warnings: list[str] | None) -> None:
+        """Send this thread's warnings to ``warnings`` from now on (None: nowhere)."""
+        self._local.warnings = warnings
+
+    def _warn(self, kind: Kind, obj: Obj, labels: dict[str, str]) -> None:
+        target: list[str] | None = getattr(self._local, "warnings", None)
+        if target is None or obj["metadata"].get("ownerReferences"):
+            return  # a controller's pod: no client is there to read a warning
+        target.extend(w for w in podsecurity.warnings(labels, kind.kind, obj) if w not in target)
 
     def admit(self, kind: Kind, obj: Obj) -> None:
         """Default and check ``obj``, about to be created in its namespace; 403 if refused."""
@@ -57,13 +70,14 @@ class Admission:
         if not namespace:
             return
         name = obj["metadata"].get("name", "")
+        ns = self.store.get(kind_named("Namespace"), None, namespace) or {}
+        labels = ns.get("metadata", {}).get("labels") or {}
         if kind.kind == "Pod":
             _default_requests(obj)
             limit_ranges = self.store.list(LIMIT_RANGE, namespace)[0]
             for limit_range in limit_ranges:
                 _apply_defaults(limit_range, obj)
-            ns = self.store.get(kind_named("Namespace"), None, namespace) or {}
-            level, version = podsecurity.policy(ns.get("metadata", {}).get("labels") or {})
+            level, version = podsecurity.policy(labels)
             detail = podsecurity.violations(level, obj)
             if detail:
                 message = f'violates PodSecurity "{level}:{version}": {detail}'
@@ -73,6 +87,7 @@ class Admission:
                 raise forbidden(
                     kind, name, problems[0] if len(problems) == 1 else f"[{', '.join(problems)}]"
                 )
+        self._warn(kind, obj, labels)
         for quota in self.store.list(RESOURCE_QUOTA, namespace)[0]:
             problem = self._quota_problem(quota, kind, obj)
             if problem:

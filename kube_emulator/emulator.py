@@ -457,9 +457,13 @@ class _Handler(BaseHTTPRequestHandler):
                     record(200)
                     self._stream(watcher, query)
                     return
-                status, doc = handle(
-                    emulator.store, self.command, target, query, raw, content_type, warnings
-                )
+                emulator.admission.collect(warnings)
+                try:
+                    status, doc = handle(
+                        emulator.store, self.command, target, query, raw, content_type, warnings
+                    )
+                finally:
+                    emulator.admission.collect(None)
         except ApiError as err:
             status, doc = err.code, err.status()
         except Exception as err:  # a bug here must reach the client as a 500, not a hang

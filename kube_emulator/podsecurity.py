@@ -18,7 +18,6 @@ from typing import Any
 Obj = dict[str, Any]
 Check = Callable[[Obj, Obj], "tuple[str, str] | None"]  # (pod metadata, pod spec) -> violation
 
-ENFORCE = "pod-security.kubernetes.io/enforce"
 LEVELS = ("privileged", "baseline", "restricted")
 
 _BASELINE_CAPABILITIES = frozenset(
@@ -68,17 +67,50 @@ _SELINUX_TYPES = frozenset({"", "container_t", "container_init_t", "container_kv
 _VERSION = re.compile(r"^(latest|v1\.\d+)$")
 
 
-def policy(labels: dict[str, str]) -> tuple[str, str]:
-    """(level, version) enforced by a namespace's labels; ("privileged", "latest") if none.
+def policy(labels: dict[str, str], mode: str = "enforce") -> tuple[str, str]:
+    """(level, version) a namespace's labels set for ``mode`` (enforce, warn, audit);
+    ("privileged", "latest") if none.
 
-    An unparsable level is enforced as restricted, as the real admission does.
+    An unparsable level is taken as restricted, as the real admission does.
     """
-    level = labels.get(ENFORCE)
-    version = labels.get(f"{ENFORCE}-version", "latest")
+    key = f"pod-security.kubernetes.io/{mode}"
+    level = labels.get(key)
+    version = labels.get(f"{key}-version", "latest")
     version = version if _VERSION.match(version) else "latest"
     if level is None:
         return "privileged", version
     return (level if level in LEVELS else "restricted"), version
+
+
+def template_pod(kind: str, obj: Obj) -> Obj | None:
+    """The pod a workload would create (its template as a pod), None if not a workload."""
+    spec = obj.get("spec") or {}
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    elif kind not in ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet", "Job"):
+        return None
+    template = spec.get("template") or {}
+    return {"metadata": template.get("metadata") or {}, "spec": template.get("spec") or {}}
+
+
+def warnings(labels: dict[str, str], kind: str, obj: Obj) -> list[str]:
+    """The ``Warning`` headers Pod Security adds to an admitted create.
+
+    A Pod: the warn level's violations. A workload: its pod template against the enforce
+    and the warn level, since its pods will be checked (and refused) only when created.
+    """
+    modes = ["enforce", "warn"] if kind != "Pod" else ["warn"]
+    pod = obj if kind == "Pod" else template_pod(kind, obj)
+    if pod is None:
+        return []
+    out: list[str] = []
+    for mode in modes:
+        level, version = policy(labels, mode)
+        detail = violations(level, pod)
+        said = f'would violate PodSecurity "{level}:{version}": {detail}'
+        if detail and said not in out:
+            out.append(said)
+    return out
 
 
 def violations(level: str, pod: Obj) -> str:

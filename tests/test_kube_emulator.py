@@ -967,6 +967,43 @@ def test_a_deployment_whose_pods_violate_pod_security_never_becomes_ready(
     assert 'forbidden: violates PodSecurity "baseline:latest": host namespaces' in result.reason
 
 
+def test_pod_security_warns_on_workloads_and_at_the_warn_level(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Workloads are admitted with a Warning naming what their pods violate (kubectl prints
+    it); a pod breaking only the namespace's warn level is admitted with a Warning."""
+    ns = labelled_namespace(kube, "locked", "baseline")
+    dep = deployment(namespace=ns)
+    dep["spec"]["template"]["spec"]["hostNetwork"] = True
+    manifest = tmp_path / "dep.yaml"
+    manifest.write_text(yaml.safe_dump(dep))
+    created = run_kubectl(kubeconfig, "create", "-f", str(manifest))
+    assert created.returncode == 0, created.stderr
+    assert (
+        'Warning: would violate PodSecurity "baseline:latest": host namespaces (hostNetwork=true)'
+    ) in created.stderr
+    kube.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": "warned",
+                "labels": {"pod-security.kubernetes.io/warn": "restricted"},
+            },
+        }
+    )
+    answer = urllib3.PoolManager().request(
+        "POST",
+        f"{kube.url}/api/v1/namespaces/warned/pods",
+        body=json.dumps(pod("plain")),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status == 201
+    assert answer.headers["Warning"].startswith(
+        '299 - "would violate PodSecurity \\"restricted:latest\\": allowPrivilegeEscalation'
+    )
+
+
 # --- admission: LimitRange and ResourceQuota ------------------------------------------------
 
 
