@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -21,6 +22,7 @@ from .patch import (
     strategic_merge,
     union,
 )
+from .schema import check, field_validation
 from .store import ApiError, Obj, Store, bad_request, not_found, now
 
 MERGE, JSON_PATCH = "application/merge-patch+json", "application/json-patch+json"
@@ -124,9 +126,17 @@ def _success(target: Target, obj: Obj) -> Obj:
 
 
 def handle(
-    store: Store, method: str, target: Target, query: dict[str, str], body: bytes, content_type: str
+    store: Store,
+    method: str,
+    target: Target,
+    query: dict[str, str],
+    body: bytes,
+    content_type: str,
+    warnings: list[str] | None = None,
 ) -> tuple[int, Obj]:
-    """Serve one non-watch request; returns the HTTP status and the response document."""
+    """Serve one non-watch request; returns the HTTP status and the response document.
+
+    ``warnings`` collects what the response's ``Warning`` headers say (dropped fields)."""
     kind, ns, name = target.kind, target.namespace, target.name
     labels, fields = query.get("labelSelector"), query.get("fieldSelector")
     if method == "GET" and name:
@@ -143,8 +153,9 @@ def handle(
             "items": items,
         }
     dry_run = _dry_run(query)
+    checked = _checker(kind, query, warnings if warnings is not None else [])
     if method == "POST" and not name:
-        return 201, store.create(kind, decode(body, content_type), ns, dry_run=dry_run)
+        return 201, store.create(kind, checked(decode(body, content_type)), ns, dry_run=dry_run)
     if method == "DELETE" and name and not target.subresource:
         return 200, _success(target, store.delete(kind, ns, name, dry_run=dry_run))
     if method == "DELETE" and not name:
@@ -163,15 +174,30 @@ def handle(
             "items": items,
         }
     if method == "PUT" and name:
-        return 200, _replace(store, target, decode(body, content_type), dry_run)
+        return 200, _replace(store, target, checked(decode(body, content_type)), dry_run)
     if method == "PATCH" and name:
-        return _patch(store, target, query, body, content_type, dry_run)
+        return _patch(store, target, query, body, content_type, dry_run, checked)
     raise ApiError(
         405,
         "MethodNotAllowed",
         f"the server does not allow this method on the "
         f"requested resource ({method} {target.resource})",
     )
+
+
+Checker = Callable[..., Any]
+
+
+def _checker(kind: Kind, query: dict[str, str], warnings: list[str]) -> Checker:
+    """The schema check of this request's writes (see schema.py); passes a body through."""
+    mode = field_validation(query)
+
+    def checked(obj: Any, *, apply: bool = False) -> Any:
+        if isinstance(obj, dict):
+            warnings.extend(w for w in check(kind, obj, mode, apply=apply) if w not in warnings)
+        return obj
+
+    return checked
 
 
 def _replace(store: Store, target: Target, body: Any, dry_run: bool) -> Obj:
@@ -204,6 +230,7 @@ def _patch(
     body: bytes,
     content_type: str,
     dry_run: bool,
+    checked: Checker,
 ) -> tuple[int, Obj]:
     assert target.name is not None
     media = content_type.split(";")[0].strip().lower()
@@ -216,15 +243,16 @@ def _patch(
         )
     patch = decode(body, media)
     if media == APPLY:
-        return _apply(store, target, query, patch, dry_run)
+        return _apply(store, target, query, checked(patch, apply=True), dry_run)
     if not isinstance(patch, list if media == JSON_PATCH else dict):
         raise bad_request(f"the body of a {media} patch has the wrong shape")
 
     def change(live: Obj) -> Obj:
         try:
             if media == JSON_PATCH:
-                return json_patch(live, patch)
-            return (merge_patch if media == MERGE else strategic_merge)(live, patch)  # type: ignore[no-any-return]
+                return checked(json_patch(live, patch))  # type: ignore[no-any-return]
+            merged = (merge_patch if media == MERGE else strategic_merge)(live, patch)
+            return checked(merged)  # type: ignore[no-any-return]
         except PatchError as err:
             raise ApiError(422, "Invalid", f"the patch could not be applied: {err}") from None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .kinds import EVENT, POD, REPLICA_SET, SERVICE_ACCOUNT, Kind
-from .store import Obj, Store, now
+from .store import ApiError, Obj, Store, now
 
 Mode = Literal["ready", "never-ready", "failing"]
 MODES: tuple[Mode, ...] = ("ready", "never-ready", "failing")
@@ -278,31 +278,40 @@ class Controllers:
             )
         revision = current["metadata"]["annotations"][REVISION]
         self.store.update(kind, ns, meta["name"], lambda d: _annotate(d, REVISION, revision))
-        ready = replicas if mode == "ready" else 0
         rs_name = current["metadata"]["name"]
-        self.store.set_status(
-            REPLICA_SET,
-            ns,
-            rs_name,
-            {
-                "replicas": replicas,
-                "fullyLabeledReplicas": replicas,
-                "readyReplicas": ready,
-                "availableReplicas": ready,
-                "observedGeneration": current["metadata"]["generation"],
-            },
-        )
-        self._pods(
+        refused = self._pods(
             current, mode, reason, [f"{rs_name}-{uuid.uuid4().hex[:5]}" for _ in range(replicas)]
         )
-        conditions = [_condition(*c, rs=rs_name) for c in _DEPLOYMENT_CONDITIONS[mode]]
-        status = {
-            "observedGeneration": meta["generation"],
-            "replicas": replicas,
-            "updatedReplicas": replicas,
+        self._rollout_status(kind, dep, current, mode, refused)
+
+    def _rollout_status(self, kind: Kind, dep: Obj, rs: Obj, mode: Mode, refused: str) -> None:
+        """The status of a Deployment and its current ReplicaSet once its pods are made."""
+        meta, ns, rs_name = dep["metadata"], dep["metadata"]["namespace"], rs["metadata"]["name"]
+        replicas = dep["spec"].get("replicas", 1)
+        created = 0 if refused else replicas
+        ready = created if mode == "ready" else 0
+        rs_status: Obj = {
+            "replicas": created,
+            "fullyLabeledReplicas": created,
             "readyReplicas": ready,
             "availableReplicas": ready,
-            "conditions": conditions,
+            "observedGeneration": rs["metadata"]["generation"],
+        }
+        # Pods that admission refuses: the ReplicaSet reports ReplicaFailure and the
+        # Deployment copies it, while the rollout keeps "progressing" until its deadline.
+        failure = [_condition("ReplicaFailure", True, "FailedCreate", "{m}", m=refused)]
+        if refused:
+            rs_status["conditions"] = failure
+        self.store.set_status(REPLICA_SET, ns, rs_name, rs_status)
+        shown: Mode = "never-ready" if refused and mode == "ready" else mode
+        conditions = [_condition(*c, rs=rs_name) for c in _DEPLOYMENT_CONDITIONS[shown]]
+        status = {
+            "observedGeneration": meta["generation"],
+            "replicas": created,
+            "updatedReplicas": created,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "conditions": conditions + (failure if refused else []),
         }
         if replicas - ready:
             status["unavailableReplicas"] = replicas - ready
@@ -311,21 +320,22 @@ class Controllers:
     def _stateful_set(self, kind: Kind, sts: Obj, mode: Mode, reason: str) -> None:
         meta, replicas = sts["metadata"], sts["spec"].get("replicas", 1)
         revision = f"{meta['name']}-{template_hash(sts['spec'].get('template') or {})}"
-        self._pods(
+        refused = self._pods(
             sts,
             mode,
             reason,
             [f"{meta['name']}-{i}" for i in range(replicas)],
             {"controller-revision-hash": revision},
         )
-        ready = replicas if mode == "ready" else 0
+        created = 0 if refused else replicas
+        ready = created if mode == "ready" else 0
         status = {
             "observedGeneration": meta["generation"],
-            "replicas": replicas,
+            "replicas": created,
             "readyReplicas": ready,
             "availableReplicas": ready,
-            "currentReplicas": replicas,
-            "updatedReplicas": replicas,
+            "currentReplicas": created,
+            "updatedReplicas": created,
             "currentRevision": revision,
             "updateRevision": revision,
             "collisionCount": 0,
@@ -339,9 +349,11 @@ class Controllers:
             "batch.kubernetes.io/job-name": meta["name"],
             "controller-uid": meta["uid"],
         }
-        self._pods(job, mode, reason, [f"{meta['name']}-{uuid.uuid4().hex[:5]}"], labels)
+        refused = self._pods(job, mode, reason, [f"{meta['name']}-{uuid.uuid4().hex[:5]}"], labels)
         status: Obj = {"startTime": started, "active": 0, "ready": 0}
-        if mode == "ready":
+        if refused:
+            pass  # no pod: the Job neither runs nor fails (its FailedCreate event says why)
+        elif mode == "ready":
             done = "Reached expected number of succeeded pods"
             types = ("SuccessCriteriaMet", "Complete")
             conditions = [_condition(t, True, "CompletionsReached", done) for t in types]
@@ -369,7 +381,9 @@ class Controllers:
         reason: str,
         names: list[str],
         labels: dict[str, str] | None = None,
-    ) -> None:
+    ) -> str:
+        """Create the owner's pods; the refusal message of the first one admission refuses
+        (the rest would be refused alike), "" when every pod was created."""
         ns = owner["metadata"]["namespace"]
         self._delete_pods(ns, owner["metadata"]["uid"])
         template = owner["spec"].get("template") or {}
@@ -402,32 +416,63 @@ class Controllers:
                         "state": state,
                     }
                 )
-            pod = self.store.create(
-                POD,
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {
-                        "name": name,
-                        "namespace": ns,
-                        "labels": pod_labels,
-                        "ownerReferences": [_owner(owner)],
+            try:
+                pod = self.store.create(
+                    POD,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "name": name,
+                            "namespace": ns,
+                            "labels": pod_labels,
+                            "ownerReferences": [_owner(owner)],
+                        },
+                        "spec": copy.deepcopy(template.get("spec") or {}),
+                        "status": {
+                            "phase": "Running" if ready or "Crash" in reason else "Pending",
+                            "conditions": [{"type": "Ready", "status": str(ready)}],
+                            "containerStatuses": statuses,
+                            "startTime": started,
+                        },
                     },
-                    "spec": copy.deepcopy(template.get("spec") or {}),
-                    "status": {
-                        "phase": "Running" if ready or "Crash" in reason else "Pending",
-                        "conditions": [{"type": "Ready", "status": str(ready)}],
-                        "containerStatuses": statuses,
-                        "startTime": started,
-                    },
-                },
-                keep_status=True,
-            )
+                    keep_status=True,
+                )
+            except ApiError as err:
+                if err.code != 403:
+                    raise
+                self._failed_create(owner, name, err.message)
+                return err.message
             for status in [] if ready else statuses:
                 self._event(pod, status["name"], status["state"]["waiting"]["message"])
+        return ""
+
+    def _failed_create(self, owner: Obj, pod: str, message: str) -> None:
+        """The FailedCreate event a workload controller records when a pod is refused."""
+        kind, name = owner["kind"], owner["metadata"]["name"]
+        if kind == "StatefulSet":
+            text = f"create Pod {pod} in StatefulSet {name} failed error: {message}"
+        else:
+            text = f"Error creating: {message}"
+        component = {"StatefulSet": "statefulset-controller", "Job": "job-controller"}
+        self._record(owner, "FailedCreate", text, component.get(kind, "replicaset-controller"))
 
     def _event(self, pod: Obj, container: str, message: str) -> None:
-        meta, stamp = pod["metadata"], now()
+        self._record(pod, "BackOff", message, "kubelet", f"spec.containers{{{container}}}")
+
+    def _record(
+        self, about: Obj, reason: str, message: str, component: str, field_path: str = ""
+    ) -> None:
+        meta, stamp = about["metadata"], now()
+        involved = {
+            "apiVersion": about.get("apiVersion", "v1"),
+            "kind": about.get("kind", "Pod"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        }
+        if field_path:
+            involved["fieldPath"] = field_path
         self.store.create(
             EVENT,
             {
@@ -437,22 +482,15 @@ class Controllers:
                     "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
                     "namespace": meta["namespace"],
                 },
-                "involvedObject": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": meta["name"],
-                    "namespace": meta["namespace"],
-                    "uid": meta["uid"],
-                    "fieldPath": f"spec.containers{{{container}}}",
-                },
-                "reason": "BackOff",
+                "involvedObject": involved,
+                "reason": reason,
                 "message": message,
                 "type": "Warning",
                 "count": 1,
                 "firstTimestamp": stamp,
                 "lastTimestamp": stamp,
-                "source": {"component": "kubelet"},
-                "reportingComponent": "kubelet",
+                "source": {"component": component},
+                "reportingComponent": component,
             },
         )
 

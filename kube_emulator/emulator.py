@@ -20,11 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from .admission import Admission
 from .api import NOT_FOUND, Target, handle, parse_target
 from .controllers import Behaviour, Controllers, Mode
 from .discovery import document, is_discovery
 from .kinds import Kind, by_kind, kind_named
 from .store import ApiError, Obj, Store, Watcher, bad_request
+from .validation import check_update
 
 log = logging.getLogger("kube_emulator")
 
@@ -103,6 +105,8 @@ class KubeEmulator:
     ) -> None:
         self.store = Store()
         self.controllers = Controllers(self.store, workloads)
+        self.admission = Admission(self.store)
+        self.store.check_update = check_update
         self.user = user  # the identity named in Forbidden messages
         self._address = (host, port)
         self._lock = threading.Lock()
@@ -437,6 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
                 rule.fault, {**ApiError(rule.fault, reason, message).status(), **details}, headers
             )
             return
+        warnings: list[str] = []
         try:
             if is_discovery(url.path):
                 doc = document(url.path, f"{self.server.server_address[0]!s}:{emulator.port}")
@@ -452,27 +457,41 @@ class _Handler(BaseHTTPRequestHandler):
                     record(200)
                     self._stream(watcher, query)
                     return
-                status, doc = handle(emulator.store, self.command, target, query, raw, content_type)
+                emulator.admission.collect(warnings)
+                try:
+                    status, doc = handle(
+                        emulator.store, self.command, target, query, raw, content_type, warnings
+                    )
+                finally:
+                    emulator.admission.collect(None)
         except ApiError as err:
             status, doc = err.code, err.status()
         except Exception as err:  # a bug here must reach the client as a 500, not a hang
             log.exception("kube-emulator: internal error serving %s %s", self.command, self.path)
             status, doc = 500, ApiError(500, "InternalError", f"emulator error: {err}").status()
         record(status)
-        self._send(status, doc)
+        # As the real server: each warning a header of its own, code 299, agent "-".
+        said = [("Warning", '299 - "' + w.replace('"', '\\"') + '"') for w in warnings]
+        self._send(status, doc, extra=said)
 
     def _read_body(self) -> bytes:
         # Clients send bodies with a Content-Length (kubectl and urllib3 alike), never chunked.
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, doc: Obj, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        doc: Obj,
+        headers: dict[str, str] | None = None,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
         data = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-cache, private")
-        for name, value in (headers or {}).items():
+        for name, value in [*(headers or {}).items(), *(extra or [])]:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)

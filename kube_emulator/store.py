@@ -260,6 +260,12 @@ class Store:
         self._history: deque[Event] = deque(maxlen=10_000)
         self._watchers: set[Watcher] = set()
         self.on_change: ChangeHook | None = None  # the workload controllers
+        # Admission (see admission.py): checks and defaults a create, and keeps the
+        # quotas' usage after each write.
+        self.admit: Callable[[Kind, Obj], None] | None = None
+        self.after_write: Callable[[Kind, str], None] | None = None
+        # Validation of an update against the object it replaces (immutable fields).
+        self.check_update: Callable[[Kind, Obj, Obj], None] | None = None
 
     @property
     def resource_version(self) -> int:
@@ -327,6 +333,8 @@ class Store:
             for server_owned in ("resourceVersion", "uid", "generation", "creationTimestamp"):
                 meta.pop(server_owned, None)
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+            if self.admit is not None:
+                self.admit(kind, obj)
             if dry_run:
                 return obj
             self._commit(kind, key, None, obj)
@@ -383,6 +391,8 @@ class Store:
                 meta[server_owned] = old["metadata"][server_owned]
             if not meta.get("managedFields"):
                 meta.pop("managedFields", None)
+            if subresource != "status" and self.check_update is not None:
+                self.check_update(kind, old, new)
             if new == old:
                 return copy.deepcopy(old), "unchanged"
             if _content(new) != _content(old):
@@ -413,6 +423,8 @@ class Store:
         gone = copy.deepcopy(obj)
         gone["metadata"]["resourceVersion"] = str(self._rv)
         self._emit(Event("DELETED", key[0], gone, gone, self._rv))
+        if self.after_write is not None:
+            self.after_write(key[0], key[1])
         # Garbage collection, done at once: what the object owned, and a namespace's content.
         uid = obj["metadata"]["uid"]
         for other_key, other in list(self._objects.items()):
@@ -438,6 +450,8 @@ class Store:
         )
         if self.on_change is not None:
             self.on_change(kind, old, copy.deepcopy(new))
+        if self.after_write is not None:
+            self.after_write(kind, key[1])
 
     def _emit(self, event: Event) -> None:
         self._history.append(event)

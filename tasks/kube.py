@@ -431,13 +431,20 @@ def rollout_verdict(dep: Mapping[str, Any]) -> tuple[bool | None, str]:
 
 
 def _failure_details(dyn: DynamicClient, dep: Mapping[str, Any], settings: Settings) -> str:
-    """Why pods of ``dep`` are not ready, from their container states and Warning events."""
+    """Why pods of ``dep`` are not ready: pods it could not create (admission refused them:
+    Pod Security, quota), their container states and Warning events."""
     namespace = dep["metadata"]["namespace"]
     selector = ",".join(
         f"{k}={v}" for k, v in dep["spec"]["selector"].get("matchLabels", {}).items()
     )
     pods = _list(dyn, {"apiVersion": "v1", "kind": "Pod"}, namespace, selector, settings)
-    reasons: list[str] = []
+    # A refused pod never exists: only the ReplicaFailure condition, which the Deployment
+    # copies from its ReplicaSet, says why (e.g. "pods ... is forbidden: violates PodSecurity").
+    reasons: list[str] = [
+        f"{cond.get('reason', 'ReplicaFailure')}: {cond.get('message', '')}"
+        for cond in (dep.get("status") or {}).get("conditions") or []
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True"
+    ]
     pod_names = set()
     for pod in pods.get("items", []):
         pod_names.add(pod["metadata"]["name"])

@@ -19,6 +19,7 @@ from prefect.concurrency.sync import concurrency
 
 from flows.deploy import STAGING_LOCK, deploy
 from kube_emulator import KubeEmulator
+from kube_emulator.kinds import kind_named
 from rsolv_staging.deployments import DeployFailed
 from rsolv_staging.exceptions import ConfigurationError, GuardError, LockTimeout
 from rsolv_staging.fields import applied_configuration
@@ -35,6 +36,7 @@ from tests.plugins.releases import (
     running_images,
 )
 
+PSA = "pod-security.kubernetes.io/enforce"
 GOOD = "sha256:" + "1" * 64
 BAD = "sha256:" + "2" * 64
 
@@ -201,6 +203,46 @@ def test_overlay_naming_the_production_namespace_writes_nothing(
     ):
         deploy(images=images(GOOD), manifests_dir=str(tree), run_smoke_tests=False)
     assert staging.writes() == []
+
+
+def test_a_template_pod_security_refuses_fails_the_rollout_and_is_rolled_back(
+    staging: KubeEmulator, app_server: Server, tmp_path: Path
+) -> None:
+    """An overlay adding hostNetwork into a namespace enforcing Pod Security "baseline":
+    the Deployment is admitted but its pods are not, so the rollout fails with the
+    admission message as its reason, and the previous template is put back."""
+    staging.store.update(
+        kind_named("Namespace"),
+        None,
+        "staging",
+        lambda ns: {**ns, "metadata": {**ns["metadata"], "labels": {PSA: "baseline"}}},
+    )
+    checks = checks_file(tmp_path, app_server)
+    deploy(images=images(GOOD), smoke_checks_file=checks)
+    tree = tmp_path / "deployments"
+    shutil.copytree(DEPLOYMENTS, tree)
+    overlay = tree / "overlays" / "staging" / "kustomization.yaml"
+    overlay.write_text(
+        overlay.read_text()
+        + "  - target: {kind: Deployment, name: rsolv-api}\n"
+        + "    patch: |-\n"
+        + "      - {op: add, path: /spec/template/spec/hostNetwork, value: true}\n"
+    )
+    with pytest.raises(DeployFailed) as err:
+        deploy(
+            images=images(GOOD),
+            manifests_dir=str(tree),
+            rollout_deadline_seconds=3,
+            smoke_checks_file=checks,
+        )
+    message = str(err.value)
+    assert "rolled back" in message
+    assert "rsolv-api: " in message
+    assert 'is forbidden: violates PodSecurity "baseline:latest": host namespaces' in message
+    api = staging.get("apps/v1", "Deployment", "rsolv-api", "staging")
+    assert api is not None
+    assert "hostNetwork" not in api["spec"]["template"]["spec"]
+    assert api["status"]["availableReplicas"] == api["spec"]["replicas"]
 
 
 @pytest.mark.parametrize(

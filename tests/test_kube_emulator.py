@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import socket
@@ -817,3 +818,432 @@ def test_secret_string_data_is_stored_as_base64_data(core: client.CoreV1Api) -> 
     stored = core.read_namespaced_secret("creds", "default")
     assert stored.data == {"kept": "a2VwdA==", "password": "czNjcmV0"}
     assert stored.string_data is None
+
+
+# --- admission: Pod Security ----------------------------------------------------------------
+
+PSA = "pod-security.kubernetes.io/enforce"
+
+
+def labelled_namespace(kube: KubeEmulator, name: str, level: str) -> str:
+    kube.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {PSA: level}},
+        }
+    )
+    return name
+
+
+def pod(name: str = "x", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": copy.deepcopy(
+            {"containers": [{"name": "app", "image": "ghcr.io/rsolv/app:1"}], **spec}
+        ),
+    }
+
+
+PRIVILEGED = {"name": "app", "image": "i", "securityContext": {"privileged": True}}
+RESTRICTED_POD = {
+    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+    "containers": [
+        {
+            "name": "app",
+            "image": "ghcr.io/rsolv/app:1",
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+            },
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("level", ["baseline", "restricted"])
+def test_pod_security_refuses_privileged_and_host_network_pods(
+    kube: KubeEmulator, core: client.CoreV1Api, level: str
+) -> None:
+    """A privileged pod and a hostNetwork pod are refused 403 in a baseline or restricted
+    namespace, the message naming the level and each violated check as kube-apiserver does."""
+    ns = labelled_namespace(kube, f"psa-{level}", level)
+    with pytest.raises(ApiException) as privileged:
+        core.create_namespaced_pod(ns, pod("priv", containers=[PRIVILEGED]))
+    with pytest.raises(ApiException) as host:
+        core.create_namespaced_pod(ns, pod("host", hostNetwork=True))
+    assert privileged.value.status == host.value.status == 403
+    assert status_of(privileged.value)["reason"] == "Forbidden"
+    prefix = f'violates PodSecurity "{level}:latest": '
+    assert status_of(privileged.value)["message"].startswith(f'pods "priv" is forbidden: {prefix}')
+    assert (
+        'privileged (container "app" must not set securityContext.privileged=true)'
+        in (status_of(privileged.value)["message"])
+    )
+    assert "host namespaces (hostNetwork=true)" in status_of(host.value)["message"]
+    if level == "baseline":  # a plain pod is fine at baseline, so nothing else is named
+        assert status_of(host.value)["message"] == (
+            f'pods "host" is forbidden: {prefix}host namespaces (hostNetwork=true)'
+        )
+    else:
+        assert (
+            'allowPrivilegeEscalation != false (container "app" must set '
+            "securityContext.allowPrivilegeEscalation=false)"
+        ) in status_of(host.value)["message"]
+    assert kube.list("Pod", ns) == []
+
+
+def test_restricted_names_every_missing_setting_in_the_real_order(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    """A plain pod in a restricted namespace: the four settings it lacks, in the real wording."""
+    ns = labelled_namespace(kube, "locked", "restricted")
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod(ns, pod("plain"))
+    assert status_of(err.value)["message"] == (
+        'pods "plain" is forbidden: violates PodSecurity "restricted:latest": '
+        'allowPrivilegeEscalation != false (container "app" must set '
+        "securityContext.allowPrivilegeEscalation=false), "
+        'unrestricted capabilities (container "app" must set '
+        'securityContext.capabilities.drop=["ALL"]), '
+        'runAsNonRoot != true (pod or container "app" must set '
+        "securityContext.runAsNonRoot=true), "
+        'seccompProfile (pod or container "app" must set securityContext.seccompProfile.type '
+        'to "RuntimeDefault" or "Localhost")'
+    )
+    hostpath = pod("vol", **RESTRICTED_POD, volumes=[{"name": "root", "hostPath": {"path": "/"}}])
+    hostpath["spec"]["containers"][0]["securityContext"]["runAsUser"] = 0
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod(ns, hostpath)
+    assert status_of(err.value)["message"].endswith(
+        'restricted volume types (volume "root" uses restricted volume type "hostPath"), '
+        'runAsUser=0 (container "app" must not set runAsUser=0)'
+    )
+
+
+def test_compliant_pods_are_admitted_and_unlabelled_namespaces_enforce_nothing(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    """A pod meeting restricted is admitted there; an unlabelled namespace is privileged."""
+    ns = labelled_namespace(kube, "locked", "restricted")
+    core.create_namespaced_pod(ns, pod("good", **RESTRICTED_POD))
+    core.create_namespaced_pod(NS, pod("anything", hostNetwork=True, containers=[PRIVILEGED]))
+    assert [p["metadata"]["name"] for p in kube.list("Pod", ns)] == ["good"]
+    assert [p["metadata"]["name"] for p in kube.list("Pod", NS)] == ["anything"]
+
+
+def test_a_deployment_whose_pods_violate_pod_security_never_becomes_ready(
+    kube: KubeEmulator,
+    apps: client.AppsV1Api,
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Deployment is admitted, its pods are not: the ReplicaSet reports ReplicaFailure
+    and a FailedCreate event, and the rollout watch's failure reason carries the message."""
+    from rsolv_staging.environments import Cluster
+    from rsolv_staging.settings import Settings
+    from tasks.kube import wait_for_rollout
+
+    ns = labelled_namespace(kube, "locked", "baseline")
+    dep = deployment(namespace=ns)
+    dep["spec"]["template"]["spec"]["hostNetwork"] = True
+    apps.create_namespaced_deployment(ns, dep)
+    assert kube.list("Pod", ns) == []
+    (rs,) = kube.list("ReplicaSet", ns)
+    (failure,) = rs["status"]["conditions"]
+    assert (failure["type"], failure["reason"]) == ("ReplicaFailure", "FailedCreate")
+    assert "is forbidden: violates PodSecurity" in failure["message"]
+    events = [e for e in kube.list("Event", ns) if e["reason"] == "FailedCreate"]
+    assert events[0]["involvedObject"]["name"] == rs["metadata"]["name"]
+    assert events[0]["message"].startswith('Error creating: pods "web-')
+
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    result = wait_for_rollout.fn(
+        "web", namespace=ns, deadline_seconds=1, cluster=Cluster(), settings=Settings()
+    )
+    assert not result.ready
+    assert 'forbidden: violates PodSecurity "baseline:latest": host namespaces' in result.reason
+
+
+def test_pod_security_warns_on_workloads_and_at_the_warn_level(
+    kube: KubeEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Workloads are admitted with a Warning naming what their pods violate (kubectl prints
+    it); a pod breaking only the namespace's warn level is admitted with a Warning."""
+    ns = labelled_namespace(kube, "locked", "baseline")
+    dep = deployment(namespace=ns)
+    dep["spec"]["template"]["spec"]["hostNetwork"] = True
+    manifest = tmp_path / "dep.yaml"
+    manifest.write_text(yaml.safe_dump(dep))
+    created = run_kubectl(kubeconfig, "create", "-f", str(manifest))
+    assert created.returncode == 0, created.stderr
+    assert (
+        'Warning: would violate PodSecurity "baseline:latest": host namespaces (hostNetwork=true)'
+    ) in created.stderr
+    kube.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": "warned",
+                "labels": {"pod-security.kubernetes.io/warn": "restricted"},
+            },
+        }
+    )
+    answer = urllib3.PoolManager().request(
+        "POST",
+        f"{kube.url}/api/v1/namespaces/warned/pods",
+        body=json.dumps(pod("plain")),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status == 201
+    assert answer.headers["Warning"].startswith(
+        '299 - "would violate PodSecurity \\"restricted:latest\\": allowPrivilegeEscalation'
+    )
+
+
+# --- admission: LimitRange and ResourceQuota ------------------------------------------------
+
+
+def seed_limits(kube: KubeEmulator, hard: dict[str, str]) -> None:
+    kube.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": {"name": "limits", "namespace": NS},
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "default": {"cpu": "500m", "memory": "1Gi"},
+                        "defaultRequest": {"cpu": "250m", "memory": "512Mi"},
+                        "max": {"cpu": "1", "memory": "2Gi"},
+                    }
+                ]
+            },
+        }
+    )
+    kube.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "quota", "namespace": NS},
+            "spec": {"hard": hard},
+        }
+    )
+
+
+def with_resources(name: str, **resources: dict[str, str]) -> dict[str, Any]:
+    obj = pod(name)
+    obj["spec"]["containers"][0]["resources"] = resources
+    return obj
+
+
+def test_limit_range_fills_in_defaults_and_refuses_over_its_max(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    """A container stating nothing gets the LimitRange's default requests and limits; a
+    limit over its max is refused 403 with the LimitRanger's wording."""
+    seed_limits(kube, {"pods": "10"})
+    created = core.create_namespaced_pod(NS, pod("plain"))
+    resources = created.spec.containers[0].resources
+    assert resources.requests == {"cpu": "250m", "memory": "512Mi"}
+    assert resources.limits == {"cpu": "500m", "memory": "1Gi"}
+    limits_only = core.create_namespaced_pod(NS, with_resources("capped", limits={"cpu": "1"}))
+    assert limits_only.spec.containers[0].resources.requests["cpu"] == "1"  # request = limit
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod(NS, with_resources("big", limits={"memory": "3Gi"}))
+    assert err.value.status == 403
+    assert status_of(err.value)["message"] == (
+        'pods "big" is forbidden: maximum memory usage per Container is 2Gi, but limit is 3Gi'
+    )
+
+
+def test_a_pod_over_quota_is_refused_and_the_quota_counts_what_runs(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    """Quota admission: status.used follows the pods; one that would pass ``hard`` is
+    refused with "exceeded quota" and the requested, used and limited amounts."""
+    seed_limits(kube, {"limits.memory": "2Gi", "requests.cpu": "1", "pods": "3"})
+    core.create_namespaced_pod(NS, pod("first"))  # defaults: limits.memory=1Gi
+    quota = core.read_namespaced_resource_quota("quota", NS)
+    assert quota.status.used == {"limits.memory": "1Gi", "pods": "1", "requests.cpu": "250m"}
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod(NS, with_resources("second", limits={"memory": "2Gi"}))
+    assert err.value.status == 403
+    assert status_of(err.value)["message"] == (
+        'pods "second" is forbidden: exceeded quota: quota, requested: limits.memory=2Gi, '
+        "used: limits.memory=1Gi, limited: limits.memory=2Gi"
+    )
+    core.delete_namespaced_pod("first", NS, _preload_content=False)
+    assert core.read_namespaced_resource_quota("quota", NS).status.used["pods"] == "0"
+    core.create_namespaced_pod(NS, with_resources("second", limits={"memory": "2Gi"}))
+
+
+def test_a_quota_without_defaults_wants_every_container_to_state_its_resources(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    """Without a LimitRange, a quota on limits refuses a container that states none."""
+    kube.seed(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "quota", "namespace": NS},
+            "spec": {"hard": {"limits.cpu": "2", "limits.memory": "2Gi"}},
+        }
+    )
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod(NS, pod("bare"))
+    assert status_of(err.value)["message"] == (
+        'pods "bare" is forbidden: failed quota: quota: must specify limits.cpu for: app; '
+        "limits.memory for: app"
+    )
+
+
+def test_a_deployment_over_quota_reports_failed_create(
+    kube: KubeEmulator, apps: client.AppsV1Api
+) -> None:
+    """Replicas over the pods quota: the Deployment's ReplicaFailure says "exceeded quota"."""
+    seed_limits(kube, {"pods": "1"})
+    apps.create_namespaced_deployment(NS, deployment(replicas=2))
+    dep = kube.get("apps/v1", "Deployment", "web", NS)
+    assert dep is not None
+    failure = next(c for c in dep["status"]["conditions"] if c["type"] == "ReplicaFailure")
+    assert (
+        "exceeded quota: quota, requested: pods=1, used: pods=1, limited: pods=1"
+        in (failure["message"])
+    )
+    assert dep["status"].get("availableReplicas", 0) == 0
+
+
+# --- validation: immutable fields -----------------------------------------------------------
+
+
+def test_a_deployment_selector_change_is_refused_as_immutable(
+    apps: client.AppsV1Api, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """Changing spec.selector, by a patch or by kubectl apply, is 422 "field is immutable"."""
+    apps.create_namespaced_deployment(NS, deployment())
+    moved = deployment()
+    moved["spec"]["selector"] = {"matchLabels": {"app": "web", "tier": "front"}}
+    moved["spec"]["template"]["metadata"]["labels"]["tier"] = "front"
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_deployment("web", NS, moved)
+    assert err.value.status == 422
+    status = status_of(err.value)
+    assert status["reason"] == "Invalid"
+    assert status["message"] == (
+        'Deployment.apps "web" is invalid: spec.selector: Invalid value: '
+        'v1.LabelSelector{MatchLabels:map[string]string{"app":"web", "tier":"front"}, '
+        "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"
+    )
+    assert [c["field"] for c in status["details"]["causes"]] == ["spec.selector"]
+    manifest = tmp_path / "moved.yaml"
+    manifest.write_text(yaml.safe_dump(moved))
+    applied = run_kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest))
+    assert applied.returncode != 0
+    assert "spec.selector: Invalid value" in applied.stderr
+    assert "field is immutable" in applied.stderr
+    replicas = deployment(replicas=5)  # what is not immutable still changes
+    assert apps.patch_namespaced_deployment("web", NS, replicas).spec.replicas == 5
+
+
+def test_stateful_set_services_and_immutable_config_maps_keep_their_fields(
+    apps: client.AppsV1Api, core: client.CoreV1Api
+) -> None:
+    """A StatefulSet's volumeClaimTemplates, a Service's clusterIP and an immutable
+    ConfigMap's data are refused 422 with the real messages; allowed changes pass."""
+    sts = deployment("db")
+    sts["kind"] = "StatefulSet"
+    sts["spec"]["serviceName"] = "db"
+    claim = {"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}}}
+    sts["spec"]["volumeClaimTemplates"] = [claim]
+    apps.create_namespaced_stateful_set(NS, sts)
+    claim["spec"]["resources"]["requests"]["storage"] = "2Gi"
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_stateful_set("db", NS, sts)
+    assert status_of(err.value)["message"] == (
+        'StatefulSet.apps "db" is invalid: spec: Forbidden: updates to statefulset spec for '
+        "fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', "
+        "'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+    )
+    assert apps.patch_namespaced_stateful_set("db", NS, {"spec": {"replicas": 3}}).spec.replicas
+
+    service = {
+        "metadata": {"name": "db"},
+        "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 5432}]},
+    }
+    core.create_namespaced_service(NS, service)
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_service("db", NS, {"spec": {"clusterIP": "10.43.0.11"}})
+    assert status_of(err.value)["message"] == (
+        'Service "db" is invalid: spec.clusterIPs[0]: Invalid value: []string{"10.43.0.11"}: '
+        "may not change once set"
+    )
+
+    core.create_namespaced_config_map(NS, {**configmap("frozen"), "immutable": True})
+    with pytest.raises(ApiException) as err:
+        core.patch_namespaced_config_map("frozen", NS, {"data": {"key": "other"}})
+    assert err.value.status == 422
+    assert status_of(err.value)["message"] == (
+        'ConfigMap "frozen" is invalid: data: Forbidden: field is immutable when `immutable` is set'
+    )
+    core.delete_namespaced_config_map("frozen", NS)  # deleting is how it changes
+
+
+# --- validation: the OpenAPI schema ---------------------------------------------------------
+
+
+def test_kubectl_apply_with_a_typo_is_refused_naming_the_field(
+    kube: KubeEmulator, api: client.ApiClient, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """kubectl validates strictly (fieldValidation=Strict): an unknown field is refused with
+    the real decoder's message, for client-side and server-side apply alike; nothing is
+    written."""
+    typo = deployment()
+    typo["spec"]["replicaz"] = 3
+    manifest = tmp_path / "typo.yaml"
+    manifest.write_text(yaml.safe_dump(typo))
+    created = run_kubectl(kubeconfig, "create", "-f", str(manifest))
+    assert created.returncode != 0
+    assert (
+        'Deployment in version "v1" cannot be handled as a Deployment: '
+        'strict decoding error: unknown field "spec.replicaz"'
+    ) in created.stderr
+    applied = run_kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest))
+    assert applied.returncode != 0
+    assert ".spec.replicaz: field not declared in schema" in applied.stderr
+    assert kube.list("Deployment", NS) == []
+
+
+def test_unknown_fields_are_dropped_with_a_warning_unless_strict_and_wrong_types_refused(
+    kube: KubeEmulator, api: client.ApiClient
+) -> None:
+    """Without fieldValidation (the Python client) the server drops an unknown field and
+    says so in a Warning header; Strict refuses it with the field in the Status; a value of
+    the wrong type never decodes."""
+    typo = deployment()
+    typo["spec"]["replicaz"] = 3
+    pool = urllib3.PoolManager()
+    url = f"{kube.url}/apis/apps/v1/namespaces/{NS}/deployments"
+    headers = {"Content-Type": "application/json"}
+    strict = pool.request(
+        "POST", url + "?fieldValidation=Strict", body=json.dumps(typo), headers=headers
+    )
+    assert strict.status == 400
+    causes = json.loads(strict.data)["details"]["causes"]
+    assert [c["field"] for c in causes] == ["spec.replicaz"]
+    lenient = pool.request("POST", url, body=json.dumps(typo), headers=headers)
+    assert lenient.status == 201
+    assert lenient.headers.get("Warning") == '299 - "unknown field \\"spec.replicaz\\""'
+    assert "replicaz" not in json.loads(lenient.data)["spec"]
+    wrong = deployment("other")
+    wrong["spec"]["replicas"] = "two"
+    typed = pool.request("POST", url, body=json.dumps(wrong), headers=headers)
+    assert typed.status == 400
+    assert json.loads(typed.data)["message"] == (
+        'Deployment in version "v1" cannot be handled as a Deployment: json: cannot '
+        "unmarshal string into Go struct field spec.replicas of type int32"
+    )
