@@ -208,14 +208,15 @@ def test_overlay_naming_the_production_namespace_writes_nothing(
 def test_a_template_pod_security_refuses_fails_the_rollout_and_is_rolled_back(
     staging: KubeEmulator, app_server: Server, tmp_path: Path
 ) -> None:
-    """An overlay adding hostNetwork into a namespace enforcing Pod Security "baseline":
-    the Deployment is admitted but its pods are not, so the rollout fails with the
-    admission message as its reason, and the previous template is put back."""
+    """An overlay adding hostNetwork into a namespace enforcing Pod Security "restricted"
+    (as provisioning labels staging): the shipped pods pass it, the Deployment with
+    hostNetwork is admitted but its pods are not, so the rollout fails with the admission
+    message as its reason, and the previous template is put back."""
     staging.store.update(
         kind_named("Namespace"),
         None,
         "staging",
-        lambda ns: {**ns, "metadata": {**ns["metadata"], "labels": {PSA: "baseline"}}},
+        lambda ns: {**ns, "metadata": {**ns["metadata"], "labels": {PSA: "restricted"}}},
     )
     checks = checks_file(tmp_path, app_server)
     deploy(images=images(GOOD), smoke_checks_file=checks)
@@ -238,7 +239,7 @@ def test_a_template_pod_security_refuses_fails_the_rollout_and_is_rolled_back(
     message = str(err.value)
     assert "rolled back" in message
     assert "rsolv-api: " in message
-    assert 'is forbidden: violates PodSecurity "baseline:latest": host namespaces' in message
+    assert 'is forbidden: violates PodSecurity "restricted:latest": host namespaces' in message
     api = staging.get("apps/v1", "Deployment", "rsolv-api", "staging")
     assert api is not None
     assert "hostNetwork" not in api["spec"]["template"]["spec"]
