@@ -23,6 +23,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -1374,6 +1375,99 @@ def test_a_failure_stops_the_loads_still_running(
         "AND pid <> pg_backend_pid()"
     )
     assert wait_for(lambda: query(source.dsn, readers) == [(0,)], seconds=3)
+
+
+def _children_of(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` (Linux ``/proc``), by pid: their command name."""
+    found: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            head, _, rest = stat.read_text().rpartition(")")
+            if int(rest.split()[1]) == pid:
+                found[int(stat.parent.name)] = head.partition("(")[2]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_client_tools_end_with_a_killed_copy(
+    source: PostgresDatabase,
+    pg_staging: PostgresServer,
+    production_model: Database,
+    live_name: str,
+) -> None:
+    """SIGKILL of the copy's process alone (a worker killed, its pod deleted): its psql
+    pairs end with it. Before, the reading psql went on reading production, and the
+    writing one loading staging, for as long as the table took (here about 10 s)."""
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        # On staging each row's check sleeps: the load runs for seconds.
+        conn.execute(
+            "CREATE FUNCTION app.crawl(integer) RETURNS boolean LANGUAGE sql AS $$ SELECT "
+            "CASE WHEN current_database() LIKE '%\\_sync\\_new' "
+            "THEN pg_sleep(0.0005) IS NOT NULL ELSE true END $$"
+        )
+        conn.execute(
+            "CREATE TABLE app.crawling (id integer PRIMARY KEY CHECK (app.crawl(id)), pad text)"
+        )
+        conn.execute(
+            "INSERT INTO app.crawling SELECT g, repeat(md5(g::text), 4) "
+            "FROM generate_series(1, 20000) g"
+        )
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pydantic import SecretStr
+        from rsolv_staging.environments import Database
+        from tasks.postgres import copy_database, prepare_sync
+        production = Database.model_validate_json(os.environ["PRODUCTION"])
+        src, dst = SecretStr(os.environ["SOURCE"]), SecretStr(os.environ["TARGET"])
+        plan = prepare_sync.fn(src, dst, production, {live_name!r})
+        copy_database.fn(src, dst, production, plan)
+        """
+    )
+    env = {
+        **os.environ,
+        "SOURCE": source.dsn,
+        "TARGET": pg_staging.dsn,
+        "PRODUCTION": production_model.model_dump_json(),
+    }
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    loading = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+        "AND query ILIKE 'COPY%%crawling%%'"
+    )
+    readers = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()"
+    )
+    try:
+        assert wait_for(
+            lambda: query(pg_staging.dsn, loading, f"{live_name}_sync_new") == [(1,)],
+            seconds=30,
+        ), "the slow table never started loading"
+        tools = _children_of(child.pid)
+        assert "psql" in tools.values(), tools
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # the copy's process only, not its group
+        child.wait()
+    try:
+        assert wait_for(lambda: not any(_alive(pid) for pid in tools), seconds=2), (
+            f"the copy's tools outlived it: {tools}"
+        )
+        assert wait_for(lambda: query(source.dsn, readers) == [(0,)], seconds=2), (
+            "production was still being read after the copy was killed"
+        )
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # what outlived it, before the next test
 
 
 def test_production_data_and_statistics_are_unchanged_by_a_sync(

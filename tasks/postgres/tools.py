@@ -7,11 +7,15 @@ masked in every error.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,29 @@ def _tool_env(dsn: SecretStr) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **params), env
 
 
+@functools.cache
+def _die_with_parent() -> Callable[[], object] | None:
+    """A ``preexec_fn`` asking Linux to SIGKILL the tool when its parent thread dies.
+
+    A worker killed mid-copy (SIGKILL, a deleted pod) cannot kill its tools: a binary
+    COPY's psql pair is piped to each other, not through this process, so they went on
+    reading production and loading staging for as long as the table took. ``prctl`` is
+    resolved here, before any fork, so the child only calls it. The signal follows the
+    *thread* that started the tool, and every tool is waited for by the thread that
+    started it (``communicate`` or the pipe's relay), so it never fires early.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: a killed run's tools end when their pipes close
+    return functools.partial(prctl, 1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+
+
+def _popen(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``Popen`` of a client tool that dies with this process."""
+    return subprocess.Popen(command, preexec_fn=_die_with_parent(), **options)
+
+
 class _Children:
     """The client tools a copy runs at once. On the copy's first failure they are killed:
     the copy then fails now, not when the slowest of them would have finished (a big
@@ -51,7 +78,7 @@ class _Children:
         with self._lock:
             if self._stopped:
                 raise DataError("the copy is stopping: not starting " + Path(command[0]).name)
-            process = subprocess.Popen(command, **options)
+            process = _popen(command, **options)
             self._running.add(process)
             return process
 
@@ -75,7 +102,7 @@ def _run_tool(
     children: _Children | None = None,
 ) -> str:
     options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "env": env}
-    process = (children.start if children else subprocess.Popen)(command, **options)
+    process = (children.start if children else _popen)(command, **options)
     try:
         out, err = process.communicate()
     except BaseException:
