@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from collections.abc import Iterator
@@ -14,8 +13,8 @@ import pytest
 from rsolv_staging.environments import Environment, default_topology
 from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.images import parse_image
-from rsolv_staging.settings import REPO_ROOT
 from tasks.manifests import DEPLOYMENTS, ManifestError, render
+from tests.plugins.rendered import render_all
 
 TOPOLOGY = default_topology()
 DIGEST = "sha256:" + "ab" * 32
@@ -128,22 +127,9 @@ def _images(node: Any) -> Iterator[str]:
             yield from _images(item)
 
 
-def _render_all() -> dict[str, list[dict[str, Any]]]:
-    """What scripts/render_all.py renders (and scripts/lint hands to checkov)."""
-    spec = importlib.util.spec_from_file_location(
-        "render_all", REPO_ROOT / "scripts" / "render_all.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rendered: dict[str, list[dict[str, Any]]] = module.rendered()
-    return rendered
-
-
 def test_every_image_we_render_or_build_is_pinned_by_digest() -> None:
     """The four overlays (apps with a deploy's digests) and provisioning's objects."""
-    rendered = _render_all()
+    rendered = render_all()
     assert set(rendered) == {
         "apps-staging",
         "apps-production",

@@ -1,92 +1,29 @@
 """Every pod we ship passes Pod Security "restricted" where its namespace enforces it.
 
-The checks of the Pod Security Standards (restricted, which includes baseline) as the
-API server's admission applies them to a pod template, over everything
+Judged by the emulator's Pod Security admission (``kube_emulator/podsecurity.py``: the
+standard's baseline and restricted checks, worded as kube-apiserver words them, tested
+in tests/test_kube_emulator.py) over every workload's pod template in everything
 scripts/render_all.py renders (the four overlays and provisioning's objects).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
+from kube_emulator.podsecurity import template_pod, violations
 from rsolv_staging.environments import default_topology
 from rsolv_staging.provisioning import namespaces
-from rsolv_staging.settings import REPO_ROOT
-
-Manifest = dict[str, Any]
-WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
-RESTRICTED_VOLUMES = {
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
-}
-
-
-def _rendered() -> dict[str, list[Manifest]]:
-    spec = importlib.util.spec_from_file_location(
-        "render_all", REPO_ROOT / "scripts" / "render_all.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rendered: dict[str, list[Manifest]] = module.rendered()
-    return rendered
-
-
-def restricted_violations(pod: Manifest) -> Iterator[str]:
-    """What Pod Security "restricted" (and so "baseline") refuses in ``pod`` (a PodSpec)."""
-    pod_sc = pod.get("securityContext") or {}
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(flag):
-            yield flag
-    for volume in pod.get("volumes", []):
-        kinds = set(volume) - {"name"}
-        if not kinds <= RESTRICTED_VOLUMES:
-            yield f"volume {volume['name']}: {sorted(kinds)}"
-    containers = [
-        *pod.get("initContainers", []),
-        *pod.get("containers", []),
-        *pod.get("ephemeralContainers", []),
-    ]
-    for c in containers:
-        sc = c.get("securityContext") or {}
-        name = c["name"]
-        if sc.get("privileged"):
-            yield f"{name}: privileged"
-        if sc.get("allowPrivilegeEscalation") is not False:
-            yield f"{name}: allowPrivilegeEscalation != false"
-        caps = sc.get("capabilities") or {}
-        if "ALL" not in caps.get("drop", []):
-            yield f"{name}: capabilities.drop lacks ALL"
-        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
-            yield f"{name}: capabilities.add {caps['add']}"
-        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
-        if non_root is not True:
-            yield f"{name}: runAsNonRoot != true"
-        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
-            yield f"{name}: runAsUser 0"
-        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            yield f"{name}: seccompProfile {seccomp}"
-        if any(p.get("hostPort") for p in c.get("ports", [])):
-            yield f"{name}: hostPort"
+from tests.plugins.rendered import Manifest, render_all
 
 
 def _pods(objects: list[Manifest]) -> Iterator[tuple[str, str, Manifest]]:
     for obj in objects:
-        if obj["kind"] in WORKLOADS:
+        pod = template_pod(obj["kind"], obj)
+        if pod is not None:
             meta = obj["metadata"]
-            yield meta["namespace"], meta["name"], obj["spec"]["template"]["spec"]
+            yield meta["namespace"], meta["name"], pod
 
 
 def test_the_staging_namespaces_enforce_restricted_with_warn_audit_and_versions() -> None:
@@ -110,9 +47,9 @@ def test_the_staging_namespaces_enforce_restricted_with_warn_audit_and_versions(
 )
 def test_every_pod_we_ship_passes_restricted(source: str) -> None:
     """Restricted everywhere (production's namespaces are not labelled by us, yet)."""
-    pods = list(_pods(_rendered()[source]))
+    pods = list(_pods(render_all()[source]))
     assert pods
-    problems = {f"{ns}/{name}": list(restricted_violations(pod)) for ns, name, pod in pods}
+    problems = {f"{ns}/{name}": violations("restricted", pod) for ns, name, pod in pods}
     assert {k: v for k, v in problems.items() if v} == {}
 
 
@@ -129,10 +66,11 @@ def test_the_check_refuses_what_restricted_refuses() -> None:
             }
         ],
     }
-    assert list(restricted_violations(ok)) == []
+    assert violations("restricted", {"spec": ok}) == ""
     bad = {**ok, "volumes": [{"name": "h", "hostPath": {"path": "/"}}], "hostNetwork": True}
-    assert len(list(restricted_violations(bad))) == 2
-    assert list(restricted_violations({**ok, "securityContext": {}})) == [
-        "c: runAsNonRoot != true",
-        "c: seccompProfile None",
-    ]
+    found = violations("restricted", {"spec": bad})
+    assert "host namespaces" in found
+    assert 'restricted volume type "hostPath"' in found
+    found = violations("restricted", {"spec": {**ok, "securityContext": {}}})
+    assert "runAsNonRoot != true" in found
+    assert "seccompProfile" in found
