@@ -292,6 +292,33 @@ def sync(
     return plan, rollback
 
 
+def start_copy(
+    source: PostgresDatabase, staging: PostgresServer, production: Database, live: str
+) -> subprocess.Popen[bytes]:
+    """prepare_sync + copy_database in a process of their own (in a new session, so
+    ``os.killpg`` reaches its tools too), for the tests that kill a copy."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pydantic import SecretStr
+        from rsolv_staging.environments import Database
+        from tasks.postgres import copy_database, prepare_sync
+        production = Database.model_validate_json(os.environ["PRODUCTION"])
+        src, dst = SecretStr(os.environ["SOURCE"]), SecretStr(os.environ["TARGET"])
+        plan = prepare_sync.fn(src, dst, production, {live!r})
+        copy_database.fn(src, dst, production, plan)
+        """
+    )
+    env = {
+        **os.environ,
+        "SOURCE": source.dsn,
+        "TARGET": staging.dsn,
+        "PRODUCTION": production.model_dump_json(),
+    }
+    return subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+
+
 def schema_text(bindir: str, dsn: str) -> str:
     """pg_dump --schema-only, without the lines that name the database or the versions."""
     result = subprocess.run(
@@ -1285,26 +1312,7 @@ def test_a_copy_killed_during_restore_leaves_staging_serving_old_data(
     sync(source, pg_staging, production_model, live_name)
     with psycopg.connect(source.dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO app.audit (what) SELECT 'x' FROM generate_series(1, 200000)")
-    script = textwrap.dedent(
-        f"""
-        import os, sys
-        sys.path.insert(0, {str(REPO)!r})
-        from pydantic import SecretStr
-        from rsolv_staging.environments import Database
-        from tasks.postgres import copy_database, prepare_sync
-        production = Database.model_validate_json(os.environ["PRODUCTION"])
-        src, dst = SecretStr(os.environ["SOURCE"]), SecretStr(os.environ["TARGET"])
-        plan = prepare_sync.fn(src, dst, production, {live_name!r})
-        copy_database.fn(src, dst, production, plan)
-        """
-    )
-    env = {
-        **os.environ,
-        "SOURCE": source.dsn,
-        "TARGET": pg_staging.dsn,
-        "PRODUCTION": production_model.model_dump_json(),
-    }
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    child = start_copy(source, pg_staging, production_model, live_name)
     new = f"{live_name}_sync_new"
     deadline = time.monotonic() + 30
     try:
@@ -1420,26 +1428,7 @@ def test_the_client_tools_end_with_a_killed_copy(
             "INSERT INTO app.crawling SELECT g, repeat(md5(g::text), 4) "
             "FROM generate_series(1, 20000) g"
         )
-    script = textwrap.dedent(
-        f"""
-        import os, sys
-        sys.path.insert(0, {str(REPO)!r})
-        from pydantic import SecretStr
-        from rsolv_staging.environments import Database
-        from tasks.postgres import copy_database, prepare_sync
-        production = Database.model_validate_json(os.environ["PRODUCTION"])
-        src, dst = SecretStr(os.environ["SOURCE"]), SecretStr(os.environ["TARGET"])
-        plan = prepare_sync.fn(src, dst, production, {live_name!r})
-        copy_database.fn(src, dst, production, plan)
-        """
-    )
-    env = {
-        **os.environ,
-        "SOURCE": source.dsn,
-        "TARGET": pg_staging.dsn,
-        "PRODUCTION": production_model.model_dump_json(),
-    }
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    child = start_copy(source, pg_staging, production_model, live_name)
     loading = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
         "AND query ILIKE 'COPY%%crawling%%'"
