@@ -292,7 +292,7 @@ def network_policies(topology: Topology) -> list[Manifest]:
 def _staging_policies(topology: Topology) -> list[Manifest]:
     """Into and out of ``staging``."""
     env = topology.staging
-    ns, mon, db = env.namespace, env.monitoring.namespace, env.database
+    ns, db = env.namespace, env.database
     apps: dict[str, Any] = {"podSelector": {"matchLabels": dict(APP_POD_LABELS)}}
     database_pods = {"app.kubernetes.io/name": db.service}
     sync: dict[str, Any] = {"podSelector": {"matchLabels": dict(db.sync_pod_labels)}}
@@ -312,22 +312,7 @@ def _staging_policies(topology: Topology) -> list[Manifest]:
                 _internet_egress(env),
             ],
         ),
-        _policy(
-            env,
-            "allow-ingress-controller",
-            ns,
-            APP_POD_LABELS,
-            ingress=[_from_ingress_controller(env, env.app_port)],
-        ),
-        # Prometheus only (namespace AND pod selector in one peer), not all of
-        # staging-monitoring, and only the apps' metrics port: never the database.
-        _policy(
-            env,
-            "allow-monitoring-scrape",
-            ns,
-            APP_POD_LABELS,
-            ingress=[{"from": [_pods_in(mon, PROMETHEUS_POD_LABELS)], "ports": _tcp(env.app_port)}],
-        ),
+        *_app_entrances(env),
         _policy(
             env,
             "allow-database-clients",
@@ -380,6 +365,25 @@ def _monitoring_policies(topology: Topology) -> list[Manifest]:
     ]
 
 
+def _app_entrances(env: Environment) -> list[Manifest]:
+    """The two ways into an environment's apps from other namespaces, the same in both:
+    the ingress controller's pods, and the environment's own Prometheus (namespace AND
+    pod selector in one peer, not its whole namespace), on the apps' port only: never
+    the database."""
+    ns, mon = env.namespace, env.monitoring.namespace
+    scrape = {"from": [_pods_in(mon, PROMETHEUS_POD_LABELS)], "ports": _tcp(env.app_port)}
+    return [
+        _policy(
+            env,
+            "allow-ingress-controller",
+            ns,
+            APP_POD_LABELS,
+            ingress=[_from_ingress_controller(env, env.app_port)],
+        ),
+        _policy(env, "allow-monitoring-scrape", ns, APP_POD_LABELS, ingress=[scrape]),
+    ]
+
+
 def production_network_policies(topology: Topology) -> list[Manifest]:
     """Production's side of the isolation, as its overlays ship them (tests compare).
 
@@ -395,20 +399,7 @@ def production_network_policies(topology: Topology) -> list[Manifest]:
     deny = [{"from": [same_namespace]}]
     return [
         _policy(env, "default-deny-cross-namespace", ns, {}, ingress=deny),
-        _policy(
-            env,
-            "allow-ingress-controller",
-            ns,
-            APP_POD_LABELS,
-            ingress=[_from_ingress_controller(env, env.app_port)],
-        ),
-        _policy(
-            env,
-            "allow-monitoring-scrape",
-            ns,
-            APP_POD_LABELS,
-            ingress=[{"from": [_pods_in(mon, PROMETHEUS_POD_LABELS)], "ports": _tcp(env.app_port)}],
-        ),
+        *_app_entrances(env),
         _policy(env, "default-deny-cross-namespace", mon, {}, ingress=deny),
         _policy(
             env,
