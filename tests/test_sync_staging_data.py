@@ -31,7 +31,8 @@ import psycopg
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.settings import PREFECT_API_URL
 from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
@@ -41,7 +42,7 @@ from flows.sync_staging_data import (
     sync_staging_data,
 )
 from rsolv_staging.environments import Database, topology_from_mapping
-from rsolv_staging.exceptions import ConfigurationError, DataError, GuardError
+from rsolv_staging.exceptions import ConfigurationError, DataError, GuardError, LockTimeout
 from rsolv_staging.sanitize import (
     LineMasker,
     MaskerFactory,
@@ -52,7 +53,6 @@ from rsolv_staging.sanitize import (
     personal_columns,
 )
 from rsolv_staging.sync import (
-    CONCURRENCY_LIMIT,
     LARGE_OBJECTS,
     CopyResult,
     DatabaseProperties,
@@ -82,6 +82,7 @@ from tasks.postgres import (
     swap_database,
     verify_copy,
 )
+from tasks.postgres.lock import LOCK_KEYS, sync_lock
 from tasks.postgres.streams import _frozen_heap
 from tests.plugins.postgres import PostgresDatabase, PostgresFactory, PostgresServer
 
@@ -290,6 +291,24 @@ def sync(
         SecretStr(source.dsn), SecretStr(staging.dsn), production, live, **options
     )
     return plan, rollback
+
+
+def add_slow_table(source: PostgresDatabase) -> None:
+    """A table whose load into staging takes seconds (on staging each row's check
+    sleeps), for the tests that stop a copy while it loads."""
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION app.crawl(integer) RETURNS boolean LANGUAGE sql AS $$ SELECT "
+            "CASE WHEN current_database() LIKE '%\\_sync\\_new' "
+            "THEN pg_sleep(0.0005) IS NOT NULL ELSE true END $$"
+        )
+        conn.execute(
+            "CREATE TABLE app.crawling (id integer PRIMARY KEY CHECK (app.crawl(id)), pad text)"
+        )
+        conn.execute(
+            "INSERT INTO app.crawling SELECT g, repeat(md5(g::text), 4) "
+            "FROM generate_series(1, 20000) g"
+        )
 
 
 def start_copy(
@@ -1350,20 +1369,8 @@ def test_a_failure_stops_the_loads_still_running(
     """A build that fails while another table is still loading ends the copy at once: the
     running load is killed (its rows never commit, it no longer reads production) instead
     of the copy failing only when it would have finished."""
+    add_slow_table(source)  # the largest table, so it loads first
     with psycopg.connect(source.dsn, autocommit=True) as conn:
-        # The largest table, so it loads first; on staging each row's check sleeps.
-        conn.execute(
-            "CREATE FUNCTION app.crawl(integer) RETURNS boolean LANGUAGE sql AS $$ SELECT "
-            "CASE WHEN current_database() LIKE '%\\_sync\\_new' "
-            "THEN pg_sleep(0.0005) IS NOT NULL ELSE true END $$"
-        )
-        conn.execute(
-            "CREATE TABLE app.crawling (id integer PRIMARY KEY CHECK (app.crawl(id)), pad text)"
-        )
-        conn.execute(
-            "INSERT INTO app.crawling SELECT g, repeat(md5(g::text), 4) "
-            "FROM generate_series(1, 20000) g"
-        )
         conn.execute(FAILING_INDEX_SQL)
     src, dst = SecretStr(source.dsn), SecretStr(pg_staging.dsn)
     plan = prepare_sync.fn(src, dst, production_model, live_name, None)
@@ -1414,20 +1421,7 @@ def test_the_client_tools_end_with_a_killed_copy(
     """SIGKILL of the copy's process alone (a worker killed, its pod deleted): its psql
     pairs end with it. Before, the reading psql went on reading production, and the
     writing one loading staging, for as long as the table took (here about 10 s)."""
-    with psycopg.connect(source.dsn, autocommit=True) as conn:
-        # On staging each row's check sleeps: the load runs for seconds.
-        conn.execute(
-            "CREATE FUNCTION app.crawl(integer) RETURNS boolean LANGUAGE sql AS $$ SELECT "
-            "CASE WHEN current_database() LIKE '%\\_sync\\_new' "
-            "THEN pg_sleep(0.0005) IS NOT NULL ELSE true END $$"
-        )
-        conn.execute(
-            "CREATE TABLE app.crawling (id integer PRIMARY KEY CHECK (app.crawl(id)), pad text)"
-        )
-        conn.execute(
-            "INSERT INTO app.crawling SELECT g, repeat(md5(g::text), 4) "
-            "FROM generate_series(1, 20000) g"
-        )
+    add_slow_table(source)
     child = start_copy(source, pg_staging, production_model, live_name)
     loading = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
@@ -1697,12 +1691,75 @@ def flow_model(
     return model
 
 
+def test_the_sync_lock_says_who_holds_it_and_a_lost_lock_stops_the_swap(
+    pg_staging: PostgresServer, production_model: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A waiting sync names the holding flow run in its log and its error; a sync whose
+    lock session died (so another sync may have started) is told so before its swap."""
+    dsn = SecretStr(pg_staging.dsn)
+    with psycopg.connect(
+        pg_staging.dsn, autocommit=True, application_name="rsolv-staging-data-sync run-42"
+    ) as held:
+        held.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEYS)
+        with (
+            caplog.at_level("INFO"),
+            pytest.raises(LockTimeout, match="flow run run-42"),
+            sync_lock(dsn, production_model, wait_seconds=1.5, run_id="me"),
+        ):
+            pytest.fail("the lock was taken while another session held it")
+    assert "Waiting for the sync lock on staging: held by flow run run-42" in caplog.text
+    with sync_lock(dsn, production_model, wait_seconds=1, run_id="me") as lock:
+        lock.ensure_held()
+        (pid,) = query(
+            pg_staging.dsn,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            "rsolv-staging-data-sync me",
+        )[0]
+        query(pg_staging.dsn, "SELECT pg_terminate_backend(%s)", pid)
+        with pytest.raises(DataError, match="lost its lock"):
+            lock.ensure_held()
+
+
+def test_a_killed_sync_does_not_hold_up_the_next_one(
+    flow_model: Path, source: PostgresDatabase, pg_staging: PostgresServer, live_name: str
+) -> None:
+    """A sync killed mid-copy (its worker's pod deleted): the next sync starts at once.
+    Before, the dead run's slot of the global limit ``staging-data-sync`` kept the next
+    run waiting out its lease (300 s) with no line saying why; here it gets 20 s."""
+    add_slow_table(source)
+    script = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "from pathlib import Path\n"
+        "from flows.sync_staging_data import sync_staging_data\n"
+        f"sync_staging_data(database={live_name!r}, environments_file=Path({str(flow_model)!r}))\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    loading = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+        "AND query ILIKE 'COPY%%crawling%%'"
+    )
+    try:
+        assert wait_for(
+            lambda: query(pg_staging.dsn, loading, f"{live_name}_sync_new") == [(1,)],
+            seconds=60,
+        ), "the killed run's copy never started"
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE app.crawling")  # the next copy need not crawl
+    report = sync_staging_data(database=live_name, environments_file=flow_model, wait_seconds=20)
+    assert report.verification.ok
+    assert report.database == live_name
+
+
 def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     flow_model: Path, pg_staging: PostgresServer, live_name: str
 ) -> None:
     """A whole run: staging replaced, a report artifact with phases, rows and the
-    verification, no password in it; while another sync holds the global concurrency
-    slot, a run with a short wait fails without writing anything."""
+    verification, no password in it; while another session holds the sync lock, a run
+    with a short wait fails, naming the holder, without writing anything."""
     model = flow_model
     report = sync_staging_data(database=live_name, environments_file=model, checksums=True)
     assert report.verification.ok
@@ -1713,7 +1770,9 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     with get_client(sync_client=True) as client:
         artifacts = {
             a.key: a
-            for a in client.read_artifacts()
+            # Oldest first, so that this run's artifacts (the newest) win over other
+            # tests' runs of the flow.
+            for a in reversed(client.read_artifacts(sort=ArtifactSort.CREATED_DESC))
             if a.key in (REPORT_ARTIFACT_KEY, PROGRESS_ARTIFACT_KEY)
         }
     markdown = str(artifacts[REPORT_ARTIFACT_KEY].data)
@@ -1739,8 +1798,10 @@ def test_the_flow_reports_and_a_second_sync_waits_for_the_first(
     assert again.disk.peak >= again.disk.total >= again.disk.live + rollback_size
 
     before = databases(pg_staging)
-    with concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True), pytest.raises(TimeoutError):
-        sync_staging_data(database=live_name, environments_file=model, wait_seconds=1)
+    with psycopg.connect(pg_staging.dsn, autocommit=True, application_name="holder") as held:
+        held.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEYS)
+        with pytest.raises(LockTimeout, match=r"held staging's sync lock for 1s \(holder"):
+            sync_staging_data(database=live_name, environments_file=model, wait_seconds=1)
     assert databases(pg_staging) == before
 
 

@@ -17,6 +17,8 @@ The monthly production -> staging sync, phase by phase:
 - :mod:`~tasks.postgres.sessions`: the read-only source snapshot, staging's admin
   session, connection-string helpers, server identity.
 - :mod:`~tasks.postgres.tools`: finding and running ``pg_dump``/``pg_restore``/``psql``.
+- :mod:`~tasks.postgres.lock`: :func:`sync_lock`, one sync at a time (an advisory lock
+  on staging's server, freed with its holder's connection).
 - :mod:`~tasks.postgres.plan`: :class:`SyncPlan`, :func:`prepare_sync` and its
   refusals, :func:`drop_leftovers`, :func:`resolve_sanitize_salt`.
 - :mod:`~tasks.postgres.catalog`: what the sync reads from the catalogs (tables,
@@ -59,6 +61,7 @@ from tasks.postgres.loading import (
     restore_table_ddl,
     truncate_tables,
 )
+from tasks.postgres.lock import SyncLock, sync_lock
 from tasks.postgres.pipeline import copy_database
 from tasks.postgres.plan import SyncPlan, drop_leftovers, prepare_sync, resolve_sanitize_salt
 from tasks.postgres.schema import create_schema, describe_schema, verify_schema
@@ -73,6 +76,7 @@ from tasks.secrets import resolve_secret, secret_env_var
 __all__ = [
     "DeferredDDL",
     "LoadReport",
+    "SyncLock",
     "SyncPlan",
     "TableChecksum",
     "TableLoad",
@@ -107,6 +111,7 @@ __all__ = [
     "secret_env_var",
     "source_session",
     "swap_database",
+    "sync_lock",
     "table_checksum",
     "truncate_tables",
     "verify_copy",
