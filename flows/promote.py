@@ -67,6 +67,7 @@ from rsolv_staging.promotion import (
     approval_form,
     check_freeze,
     eligible_approvers,
+    identity,
     load_freeze_windows,
 )
 from rsolv_staging.provisioning import Manifest, object_key
@@ -175,7 +176,7 @@ def promote_to_production(
     request = PromotionRequest(
         requested_at=datetime.now(UTC),
         run_id=str(get_run_context().flow_run.id),  # type: ignore[union-attr]
-        requester=requester,
+        requester=identity(requester, what="requester") if requester.strip() else "",
         change_ref=change_ref,
         approval_timeout_seconds=approval_timeout_seconds,
         freeze_override_reason=freeze_override_reason,
@@ -196,7 +197,7 @@ def promote_to_production(
 
     # 1. Freeze windows and who may decide: refused before anything is read or asked.
     freeze = check_freeze_windows(settings, request.requested_at, freeze_override_reason)
-    approvers = eligible_approvers(read_approvers(), requester)
+    approvers = eligible_approvers(read_approvers(), request.requester)
     # 2. Staging runs exactly these digests, ready, and its smoke tests passed.
     verified = verify_staging(settings, topology.staging, images)
     # 3. What would change in production.

@@ -6,6 +6,8 @@ builds its approval form and audit record from them.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -89,7 +91,7 @@ def check_freeze(
     """
     for window in windows:
         if window.contains(now):
-            if override_reason and override_reason.strip():
+            if override_reason and says_something(override_reason):
                 return window
             _, end = window.bounds()
             raise GuardError(
@@ -99,14 +101,52 @@ def check_freeze(
     return None
 
 
+# Who a person is, as one ASCII identifier (a login or an e-mail address). Names are
+# compared after NFKC and case folding, and anything still outside ASCII is refused, not
+# compared: Unicode has many look-alikes (U+2010 HYPHEN for "-", U+043E CYRILLIC SMALL
+# LETTER O for "o") that would let a requester's name differ from an approver's by one
+# code point nobody sees, and so pass the self-approval rule.
+_IDENTITY = re.compile(r"[a-z0-9](?:[a-z0-9._@+-]{0,126}[a-z0-9])?")
+# A reason needs three letters or digits (Unicode ones too): spaces, zero-width
+# characters or punctuation alone say nothing. Written so that Python's re (the Prefect
+# server validates run input with jsonschema) and pydantic's Rust regex read it alike.
+REASON_PATTERN = r"\w[\s\S]*\w[\s\S]*\w"
+
+
+def says_something(reason: str) -> bool:
+    """Whether ``reason`` holds text (three letters or digits), not blanks or punctuation."""
+    return re.search(REASON_PATTERN, reason) is not None
+
+
+def identity(name: str, *, what: str = "name") -> str:
+    """``name`` as the identity it stands for: NFKC, trimmed, case-folded, ASCII only.
+
+    Raises:
+        ConfigurationError: not an ASCII login or address after normalization (look-alike
+            characters are refused rather than guessed at).
+    """
+    folded = unicodedata.normalize("NFKC", name).strip().casefold()
+    if not _IDENTITY.fullmatch(folded):
+        raise ConfigurationError(
+            f"{what} {name!r} is not an ASCII login or e-mail address (letters, digits and "
+            "._@+- only, after Unicode normalization): look-alike characters are refused"
+        )
+    return folded
+
+
 def eligible_approvers(allowlist: Sequence[str], requester: str) -> list[str]:
     """Who may decide: the allowlist minus the requester (no approving your own promotion).
 
+    Every name is an :func:`identity`, so a requester cannot slip past the rule with a
+    name that only looks like an approver's.
+
     Raises:
-        ConfigurationError: nobody is left to approve.
+        ConfigurationError: the requester or an allowlisted name is not an identity, or
+            nobody is left to approve.
     """
-    me = requester.strip().casefold()
-    names = sorted({a.strip() for a in allowlist if a.strip() and a.strip().casefold() != me})
+    me = identity(requester, what="requester")
+    allowed = {identity(a, what="allowlisted approver") for a in allowlist if a.strip()}
+    names = sorted(allowed - {me})
     if not names:
         raise ConfigurationError(
             "no one may approve this promotion: the approver allowlist (Prefect Variable "
@@ -121,7 +161,9 @@ class ApprovalDecision(RunInput):
 
     decision: Decision = Field(description="approve or reject")
     approver: str = Field(description="Who decides (must be on the allowlist)")
-    reason: str = Field(min_length=3, description="Why: recorded in the audit log")
+    reason: str = Field(
+        pattern=REASON_PATTERN, description="Why (at least three letters): recorded in the audit"
+    )
 
 
 def approval_form(approvers: Sequence[str], description: str) -> type[ApprovalDecision]:

@@ -40,7 +40,7 @@ from kube_emulator import KubeEmulator
 from rsolv_staging.cli import PrefectAPI
 from rsolv_staging.deployments import DeployFailed
 from rsolv_staging.environments import default_topology
-from rsolv_staging.exceptions import GuardError, SmokeTestFailed
+from rsolv_staging.exceptions import ConfigurationError, GuardError, SmokeTestFailed
 from rsolv_staging.images import parse_image
 from rsolv_staging.settings import Settings
 from tasks.kube import apply_objects
@@ -167,12 +167,12 @@ def freeze_now(tmp_path: Path, name: str) -> None:
     (tmp_path / "freeze.yaml").write_text(yaml.safe_dump({"windows": [window]}))
 
 
-def promote(tmp_path: Path, server: Server, **kwargs: Any) -> Any:
+def promote(tmp_path: Path, server: Server, requester: str = "carol", **kwargs: Any) -> Any:
     freeze = tmp_path / "freeze.yaml"
     if not freeze.exists():
         freeze.write_text("windows: []\n")
     return promote_to_production(
-        requester="carol",
+        requester=requester,
         change_ref="PR-42",
         smoke_checks_file=checks_file(tmp_path, server, "production"),
         rollout_deadline_seconds=3,
@@ -231,6 +231,9 @@ def test_timeout_fails_safe(promotable: KubeEmulator, app_server: Server, tmp_pa
         ({"decision": "maybe", "approver": "alice", "reason": "hmm"}, "malformed decision"),
         ({"decision": "approve", "approver": "mallory", "reason": "I say so"}, "not allowlisted"),
         ({"decision": "approve", "approver": "carol", "reason": "my own"}, "requester"),
+        # Issue 18 row 11: a reason of blanks, or of characters that show nothing.
+        ({"decision": "approve", "approver": "alice", "reason": "     "}, "blank reason"),
+        ({"decision": "approve", "approver": "alice", "reason": "\u200b\u200b\u200b-"}, "no text"),
     ],
 )
 def test_refused_input_keeps_the_run_waiting(
@@ -256,6 +259,36 @@ def test_refused_input_keeps_the_run_waiting(
     assert seen["state"] == "PAUSED", why
     assert state.name == "Rejected"
     assert running_images(promotable, "production") == images(OLD)
+
+
+def test_a_requester_name_that_only_looks_like_an_approver_cannot_approve_itself(
+    promotable: KubeEmulator, resumer: Any, app_server: Server, tmp_path: Path
+) -> None:
+    """Issue 18 row 9: the requester's name in full-width letters still names carol, so
+    carol may not approve; a name with a look-alike letter (Cyrillic o) or U+2010 HYPHEN
+    is refused before anything is read or asked."""
+    seen: dict[str, Any] = {}
+
+    def answer(api: PrefectAPI, run_id: str) -> None:
+        seen["self"] = api.resume(
+            run_id,
+            {"decision": "approve", "approver": "carol", "reason": "approving my own change"},
+        )
+        decide("reject", "bob", "ending the test")(api, run_id)
+
+    resumer(answer)
+    state = promote(
+        tmp_path, app_server, requester="\uff43\uff41\uff52\uff4f\uff4c", return_state=True
+    )
+    assert seen["self"]["status"] == "REJECT"
+    assert state.name == "Rejected"
+    (row,) = audit_rows()
+    assert row["requester"] == "carol"
+    for look_alike in ("car\u043el", "ali\u2010ce", "carol\u200b"):
+        with pytest.raises(ConfigurationError, match="look-alike characters are refused"):
+            promote(tmp_path, app_server, requester=look_alike)
+    assert running_images(promotable, "production") == images(OLD)
+    assert len(audit_rows()) == 1
 
 
 def test_freeze_window_refuses_and_an_override_is_recorded(
