@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from kube_emulator import KubeEmulator
 
@@ -35,6 +36,11 @@ def run_kubectl(
         timeout=timeout,
         check=check,
     )
+
+
+def https(kube: KubeEmulator) -> urllib3.PoolManager:
+    """A raw HTTPS client that trusts the emulator's CA (send ``kube.auth_headers()``)."""
+    return urllib3.PoolManager(ca_certs=str(kube.ca_file))
 
 
 @pytest.fixture
