@@ -71,6 +71,7 @@ class RequestRecord:
     dry_run: bool = False
     fault: str | None = None  # the injected fault that answered it, if any
     body: Any = None  # the decoded JSON or YAML body, if any
+    user: str = ""  # who authentication found the request is from ("" if nobody)
 
 
 @dataclass
@@ -419,11 +420,9 @@ def _request(target: Target, verb: str, query: dict[str, str]) -> Request:
         # As the real server: a list or watch of one name (fieldSelector=metadata.name=x)
         # is authorized for that name, so resourceNames rules can allow it.
         for part in (query.get("fieldSelector") or "").split(","):
-            key, _, value = part.partition("=")
-            if key.strip() == "metadata.name" and value and not value.startswith("="):
-                name = value.strip()
-            elif key.strip() == "metadata.name" and value.startswith("="):
-                name = value[1:].strip()
+            key, _, value = part.partition("=")  # "metadata.name=x" or "metadata.name==x"
+            if key.strip() == "metadata.name" and value.removeprefix("=").strip():
+                name = value.removeprefix("=").strip()
     return Request(
         verb,
         target.kind.group,
@@ -508,6 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type", "")
         raw = self._read_body()
         is_write = self.command in WRITE_METHODS
+        who: list[str] = [""]  # the authenticated user, once known
 
         def record(status: int, fault: str | None = None) -> None:
             try:
@@ -525,29 +525,19 @@ class _Handler(BaseHTTPRequestHandler):
                     query.get("dryRun") == "All",
                     fault,
                     body,
+                    who[0],
                 )
             )
 
         rule = emulator._take_fault(self.command, url.path)
         if rule is not None:
             record(0 if rule.fault == "drop" else rule.fault, str(rule.fault))
-            if rule.fault == "drop":
-                self.close_connection = True  # no response at all: the client sees EOF
-                return
-            reason, message = _FAULTS[rule.fault]
-            headers = {} if rule.retry_after is None else {"Retry-After": str(rule.retry_after)}
-            details = (
-                {}
-                if rule.retry_after is None
-                else {"details": {"retryAfterSeconds": rule.retry_after}}
-            )
-            self._send(
-                rule.fault, {**ApiError(rule.fault, reason, message).status(), **details}, headers
-            )
+            self._send_fault(rule)
             return
         warnings: list[str] = []
         try:
             identity = emulator.authenticator.authenticate(self.headers.get("Authorization"))
+            who[0] = identity.user
             target = self._resource_target(identity, url.path)
             if target is None:  # discovery, authorized as a non-resource URL
                 doc = document(url.path, f"{self.server.server_address[0]!s}:{emulator.port}")
@@ -580,6 +570,19 @@ class _Handler(BaseHTTPRequestHandler):
         # As the real server: each warning a header of its own, code 299, agent "-".
         said = [("Warning", '299 - "' + w.replace('"', '\\"') + '"') for w in warnings]
         self._send(status, doc, extra=said)
+
+    def _send_fault(self, rule: _FaultRule) -> None:
+        if rule.fault == "drop":
+            self.close_connection = True  # no response at all: the client sees EOF
+            return
+        reason, message = _FAULTS[rule.fault]
+        headers = {} if rule.retry_after is None else {"Retry-After": str(rule.retry_after)}
+        details = (
+            {} if rule.retry_after is None else {"details": {"retryAfterSeconds": rule.retry_after}}
+        )
+        self._send(
+            rule.fault, {**ApiError(rule.fault, reason, message).status(), **details}, headers
+        )
 
     def _resource_target(self, identity: Identity, path: str) -> Target | None:
         """The resource a path names; None for discovery, once authorized as a

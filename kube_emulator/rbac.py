@@ -198,14 +198,19 @@ def expiration_seconds(body: Any) -> int:
     """The TokenRequest's lifetime; the real server's bounds (10 min to 2^32 s)."""
     spec = body.get("spec") if isinstance(body, dict) else None
     value = (spec or {}).get("expirationSeconds", 3600)
-    if not isinstance(value, int) or value < 600 or value > 2**32:
-        raise ApiError(
-            422,
-            "Invalid",
-            f'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: '
-            f"Invalid value: {value}: may not specify a duration less than 10 minutes",
-        )
-    return value
+    if isinstance(value, int) and 600 <= value <= 2**32:
+        return value
+    detail = (
+        "may not specify a duration larger than 2^32 seconds"
+        if isinstance(value, int) and value > 2**32
+        else "may not specify a duration less than 10 minutes"
+    )
+    raise ApiError(
+        422,
+        "Invalid",
+        f'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: '
+        f"Invalid value: {value}: {detail}",
+    )
 
 
 # --- rules ----------------------------------------------------------------------------------

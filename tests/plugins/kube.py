@@ -15,6 +15,8 @@ import pytest
 import urllib3
 
 from kube_emulator import KubeEmulator
+from rsolv_staging.provisioning import deployer_service_account, service_accounts
+from rsolv_staging.settings import load_topology
 
 
 def kubectl_path() -> Path:
@@ -54,3 +56,19 @@ def kube() -> Iterator[KubeEmulator]:
 def kubeconfig(kube: KubeEmulator, tmp_path: Path) -> Path:
     """A kubeconfig file for ``kube`` in tmp_path: context "emulator", namespace "default"."""
     return kube.write_kubeconfig(tmp_path / "kubeconfig", context="emulator")
+
+
+def staging_deployer_kubeconfig(kube: KubeEmulator, path: Path) -> Path:
+    """Provisioning's own staging-deployer (ServiceAccount, Role, RoleBinding) stored in
+    ``kube``, and a kubeconfig at ``path`` with a token issued to it (TokenRequest).
+
+    The staging namespace must exist. Only the deployer's objects: the rest of
+    provisioning is the provision tests' business.
+    """
+    staging = load_topology().staging
+    name = deployer_service_account(staging)
+    for obj in service_accounts(staging):
+        if obj["metadata"]["name"] == name:
+            kube.seed(obj)
+    token = kube.service_account_token(staging.namespace, name)
+    return kube.write_kubeconfig(path, token=token, namespace=staging.namespace, user=name)
