@@ -34,6 +34,11 @@ A wrong smoke checks file is refused before the first write. A prune that fails 
 a good rollout leaves the deploy standing, and its record says so; a rollback that
 fails is recorded and notified as ``failed``.
 
+Identity: staging's deploy acts as ``staging-deployer`` (``RSOLV_STAGING_KUBECONFIG``; in a
+cluster, the worker pod's ServiceAccount), whose Role grants the ``staging`` namespace
+only: the API server refuses anything else, whatever this flow was given. Production's
+deploy acts as ``RSOLV_PRODUCTION_KUBECONFIG``. Either falls back to ``KUBECONFIG``.
+
 Run it: ``python -m flows.deploy --image rsolv-api=ghcr.io/...@sha256:...``, or the
 ``deploy/deploy-staging`` deployment (CI triggers it through the Prefect API).
 """
@@ -146,7 +151,8 @@ def deploy(
 ) -> DeployReport:
     """Deploy exact image digests to an environment, or leave it as it was."""
     started = datetime.now(UTC)
-    settings = load_settings()
+    # The environment's own identity: for staging, one RBAC confines to staging.
+    settings = load_settings().for_environment(environment)
     topology = load_topology(Path(environments_file) if environments_file else None)
     target = topology.environment(environment)
     other = topology.production if environment == "staging" else topology.staging

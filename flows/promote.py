@@ -189,7 +189,8 @@ def promote_to_production(
         raise ConfigurationError("requester and change_ref are required")
     if approval_timeout_seconds < 1:
         raise ConfigurationError("approval_timeout_seconds must be at least 1")
-    settings = load_settings()
+    # Production's identity for every cluster call (it reads staging, never writes it).
+    settings = load_settings().for_environment("production")
     topology = load_topology(Path(environments_file) if environments_file else None)
     # Production's smoke checks are read now: a wrong file found only after the approval
     # would roll production out and back for nothing.

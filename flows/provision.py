@@ -28,7 +28,9 @@ Secrets: each key of each staging Secret comes from a Prefect Secret block named
 ``staging-<secret>-<key>`` (e.g. ``staging-database-password``) or the environment
 variable ``RSOLV_SECRET_STAGING_DATABASE_PASSWORD``. Cluster access: ``$KUBECONFIG`` (or
 ``RSOLV_KUBECONFIG``) and the kube context named in the model; in-cluster credentials
-when there is no kubeconfig.
+when there is no kubeconfig. This is the bootstrap identity (cluster-admin-ish: it creates
+namespaces, RBAC, quotas and NetworkPolicies), never staging's deploy identity: the
+``staging-deployer`` it creates must not be able to change its own rights or limits.
 
 Run it: ``python -m flows.provision --dry-run``, or the ``provision-staging`` deployment.
 A second run reports 0 created and 0 changed. Each run leaves a markdown artifact

@@ -35,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         default="ready",
         help="how Deployments, StatefulSets and Jobs roll out (default: ready)",
     )
+    parser.add_argument(
+        "--token-auth-file",
+        help='static bearer tokens, kube-apiserver\'s CSV: token,user,uid,"group1,group2"',
+    )
+    parser.add_argument(
+        "--anonymous-auth",
+        action="store_true",
+        help="requests without a token act as system:anonymous (default: 401, as on k3s)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -50,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with KubeEmulator(args.port, host=args.host, workloads=args.workloads) as kube:
+    with KubeEmulator(
+        args.port,
+        host=args.host,
+        workloads=args.workloads,
+        token_file=args.token_auth_file,
+        anonymous_auth=args.anonymous_auth,
+    ) as kube:
         print(BANNER, flush=True)
         print(f"kube-emulator: serving at {kube.url} (workloads: {args.workloads})", flush=True)
         if args.kubeconfig:
@@ -58,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.kubeconfig, context=args.context, namespace=args.namespace
             )
             print(
-                f"kube-emulator: kubeconfig written to {path} (context {args.context!r})",
+                f"kube-emulator: kubeconfig written to {path} (context {args.context!r}, "
+                "an admin token: group system:masters)",
                 flush=True,
             )
         print("kube-emulator: press Ctrl-C (or send SIGTERM) to stop", flush=True)

@@ -53,6 +53,14 @@ class Target:
 
 
 NOT_FOUND = ApiError(404, "NotFound", "the server could not find the requested resource")
+# Subresources besides /status, by resource: what RBAC rules name as "deployments/scale".
+SUBRESOURCES: dict[str, tuple[str, ...]] = {
+    "deployments": ("scale",),
+    "statefulsets": ("scale",),
+    "replicasets": ("scale",),
+    "pods": ("log",),
+    "serviceaccounts": ("token",),
+}
 
 
 def parse_target(path: str) -> Target:
@@ -72,7 +80,8 @@ def parse_target(path: str) -> Target:
     if kind is None or (namespace and not kind.namespaced):
         raise NOT_FOUND
     subresource = rest[2] if len(rest) == 3 else None
-    if subresource is not None and (subresource != "status" or not kind.status):
+    known = (*(("status",) if kind.status else ()), *SUBRESOURCES.get(kind.plural, ()))
+    if subresource is not None and subresource not in known:
         raise NOT_FOUND
     return Target(kind, namespace, rest[1] if len(rest) >= 2 else None, subresource)
 
@@ -139,6 +148,8 @@ def handle(
     ``warnings`` collects what the response's ``Warning`` headers say (dropped fields)."""
     kind, ns, name = target.kind, target.namespace, target.name
     labels, fields = query.get("labelSelector"), query.get("fieldSelector")
+    if target.subresource == "scale":
+        return _scale(store, target, method, body, content_type, _dry_run(query))
     if method == "GET" and name:
         obj = store.get(kind, ns, name)
         if obj is None:
@@ -341,3 +352,63 @@ def _same(a: Obj, b: Obj) -> bool:
 def _unmanaged(obj: Obj) -> Obj:
     meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
     return {**obj, "metadata": meta}
+
+
+def _scale_of(kind: Kind, obj: Obj) -> Obj:
+    """The autoscaling/v1 Scale the real server shows for a workload."""
+    meta = obj["metadata"]
+    selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if k in meta
+        },
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
+        "status": {
+            "replicas": (obj.get("status") or {}).get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in selector.items()),
+        },
+    }
+
+
+def _scale(
+    store: Store, target: Target, method: str, body: bytes, content_type: str, dry_run: bool
+) -> tuple[int, Obj]:
+    """GET, PUT and PATCH of ``<workload>/scale``: only ``spec.replicas`` changes."""
+    kind, name = target.kind, target.name
+    if name is None or method not in ("GET", "PUT", "PATCH"):
+        raise NOT_FOUND
+    live = store.get(kind, target.namespace, name)
+    if live is None:
+        raise not_found(kind, name)
+    if method == "GET":
+        return 200, _scale_of(kind, live)
+    sent = decode(body, content_type)
+    media = content_type.split(";")[0].strip().lower()
+    try:
+        if method == "PUT":
+            wanted = sent
+        elif media == JSON_PATCH:
+            wanted = json_patch(_scale_of(kind, live), sent)
+        else:
+            wanted = merge_patch(_scale_of(kind, live), sent)
+    except PatchError as err:
+        raise ApiError(422, "Invalid", f"the patch could not be applied: {err}") from None
+    replicas = ((wanted or {}).get("spec") or {}).get("replicas")
+    if not isinstance(replicas, int) or replicas < 0:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+            f"{replicas}: must be greater than or equal to 0",
+        )
+
+    def change(obj: Obj) -> Obj:
+        obj.setdefault("spec", {})["replicas"] = replicas
+        return obj
+
+    obj, _ = store.update(kind, target.namespace, name, change, dry_run=dry_run)
+    return 200, _scale_of(kind, obj)

@@ -24,6 +24,28 @@ VERSION: Doc = {
 }
 
 
+_SCALE: Doc = {
+    "group": "autoscaling",
+    "version": "v1",
+    "kind": "Scale",
+    "verbs": ["get", "patch", "update"],
+}
+_SUBRESOURCES: dict[str, dict[str, Doc]] = {
+    "deployments": {"scale": _SCALE},
+    "statefulsets": {"scale": _SCALE},
+    "replicasets": {"scale": _SCALE},
+    "pods": {"log": {"kind": "Pod", "verbs": ["get"]}},
+    "serviceaccounts": {
+        "token": {
+            "group": "authentication.k8s.io",
+            "version": "v1",
+            "kind": "TokenRequest",
+            "verbs": ["create"],
+        }
+    },
+}
+
+
 def _group(name: str, versions: list[str]) -> Doc:
     listed = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
     return {"name": name, "versions": listed, "preferredVersion": listed[0]}
@@ -45,6 +67,10 @@ def _resources(group: str, version: str) -> list[Doc]:
                 "storageVersionHash": "",
             }
         )
+        out += [
+            {"name": f"{k.plural}/{sub}", "singularName": "", "namespaced": k.namespaced, **doc}
+            for sub, doc in _SUBRESOURCES.get(k.plural, {}).items()
+        ]
         if k.status:
             out.append(
                 {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import queue
+import secrets
 import select
 import socket
 import threading
@@ -21,18 +23,30 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from .admission import Admission
-from .api import NOT_FOUND, Target, handle, parse_target
+from .api import NOT_FOUND, Target, decode, handle, parse_target
 from .controllers import Behaviour, Controllers, Mode
 from .discovery import document, is_discovery
 from .kinds import Kind, by_kind, kind_named
-from .store import ApiError, Obj, Store, Watcher, bad_request
+from .rbac import (
+    MASTERS,
+    Authenticator,
+    Authorizer,
+    Identity,
+    Request,
+    bootstrap_policy,
+    expiration_seconds,
+    forbidden,
+    token_request,
+)
+from .store import ApiError, Obj, Store, Watcher, bad_request, not_found
+from .tls import certificates, server_context
 from .validation import check_update
 
 log = logging.getLogger("kube_emulator")
 
 Fault = Literal[429, 500, 502, 503, 504, "drop"]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-DEFAULT_USER = "system:serviceaccount:default:emulator-admin"
+DEFAULT_USER = "kube-emulator-admin"  # the admin token's user, in system:masters
 _FAULTS: dict[int, tuple[str, str]] = {
     429: ("TooManyRequests", "Too many requests, please try again later."),
     500: ("InternalError", "Internal error occurred: fault injected by the kube emulator"),
@@ -57,6 +71,7 @@ class RequestRecord:
     dry_run: bool = False
     fault: str | None = None  # the injected fault that answered it, if any
     body: Any = None  # the decoded JSON or YAML body, if any
+    user: str = ""  # who authentication found the request is from ("" if nobody)
 
 
 @dataclass
@@ -82,7 +97,7 @@ class _Denial:
     verb: str
     resource: str
     namespace: str | None
-    user: str
+    user: str | None  # None: the requester's name
 
 
 class KubeEmulator:
@@ -93,6 +108,12 @@ class KubeEmulator:
     ``set_workload_behaviour``); and offers test controls: injected faults, RBAC denials, a
     request log and direct store access. Thread safe. Use as a context manager, or call
     ``start()`` and ``stop()``.
+
+    Requests are authenticated and authorized as kube-apiserver does (see rbac.py): a
+    bearer token per request, RBAC over the Roles and bindings stored. ``admin_token`` is
+    in ``system:masters``; ``write_kubeconfig`` uses it unless given another token (e.g.
+    ``service_account_token(...)``). ``token_file`` is a ``--token-auth-file`` CSV;
+    ``anonymous_auth`` lets requests without a token in as ``system:anonymous``.
     """
 
     def __init__(
@@ -102,12 +123,20 @@ class KubeEmulator:
         host: str = "127.0.0.1",
         workloads: Mode = "ready",
         user: str = DEFAULT_USER,
+        token_file: str | Path | None = None,
+        anonymous_auth: bool = False,
     ) -> None:
         self.store = Store()
         self.controllers = Controllers(self.store, workloads)
         self.admission = Admission(self.store)
         self.store.check_update = check_update
-        self.user = user  # the identity named in Forbidden messages
+        self.authenticator = Authenticator(self.store, anonymous=anonymous_auth)
+        self.authorizer = Authorizer(self.store)
+        self.user = user  # the admin token's user
+        self.admin_token = "kube-emulator-admin." + secrets.token_urlsafe(24)
+        self.authenticator.add_token(self.admin_token, Identity(user, "", (MASTERS,)))
+        if token_file is not None:
+            self.authenticator.load_token_file(token_file)
         self._address = (host, port)
         self._lock = threading.Lock()
         self._faults: list[_FaultRule] = []
@@ -117,6 +146,8 @@ class KubeEmulator:
         self._thread: threading.Thread | None = None
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        for obj in bootstrap_policy():
+            self.seed(obj)
 
     # -- lifecycle --
 
@@ -167,7 +198,12 @@ class KubeEmulator:
     @property
     def url(self) -> str:
         host = self._address[0]
-        return f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{self.port}"
+        return f"https://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that signed the serving certificate (PEM), for raw HTTPS clients."""
+        return certificates().ca_file
 
     def write_kubeconfig(
         self,
@@ -176,14 +212,29 @@ class KubeEmulator:
         context: str = "emulator",
         namespace: str = "default",
         user: str = "emulator-admin",
+        token: str | None = None,
     ) -> Path:
-        """Write a kubeconfig for this emulator (plain HTTP, a dummy token) and return its path."""
+        """Write a kubeconfig for this emulator (HTTPS, its CA inline) and return its path.
+
+        Its credential is ``token`` (default: the admin token, in ``system:masters``);
+        ``user`` is only the kubeconfig's name for it.
+        """
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "current-context": context,
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
-            "users": [{"name": user, "user": {"token": "kube-emulator-token"}}],
+            "clusters": [
+                {
+                    "name": context,
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": base64.b64encode(
+                            certificates().ca_pem
+                        ).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token or self.admin_token}}],
             "contexts": [
                 {
                     "name": context,
@@ -197,6 +248,24 @@ class KubeEmulator:
             + yaml.safe_dump(config, sort_keys=False)
         )
         return path
+
+    # -- identities --
+
+    def add_token(
+        self, token: str, user: str, *, uid: str = "", groups: Iterable[str] = ()
+    ) -> None:
+        """Accept ``token`` as ``user`` in ``groups`` (a line of a static token file)."""
+        self.authenticator.add_token(token, Identity(user, uid, tuple(groups)))
+
+    def service_account_token(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600
+    ) -> str:
+        """A token for ServiceAccount ``namespace/name``, as a TokenRequest would issue."""
+        return self.authenticator.issue(namespace, name, expiration_seconds)[0]
+
+    def auth_headers(self, token: str | None = None) -> dict[str, str]:
+        """The header a raw HTTP request needs (default: the admin token)."""
+        return {"Authorization": f"Bearer {token or self.admin_token}"}
 
     # -- store access (no HTTP: no faults, denials or log entries) --
 
@@ -280,7 +349,7 @@ class KubeEmulator:
         """Answer 403 Forbidden to ``verb`` ("create", "*", ...) on ``resource`` ("namespaces",
         "deployments/status", "*") in ``namespace`` (None: everywhere, cluster scope too)."""
         with self._lock:
-            self._denials.append(_Denial(verb, resource, namespace, user or self.user))
+            self._denials.append(_Denial(verb, resource, namespace, user))
 
     def allow_all(self) -> None:
         with self._lock:
@@ -308,7 +377,11 @@ class KubeEmulator:
                 self._faults = [r for r in self._faults if r.remaining > 0]
             return rule
 
-    def _authorize(self, target: Target, verb: str) -> None:
+    def _authorize(self, identity: Identity, target: Target, request: Request) -> None:
+        """RBAC first, as the real server; then the test's own denials (``deny``)."""
+        if not self.authorizer.allows(identity, request):
+            raise forbidden(identity.user, request, target.kind)
+        verb = request.verb
         with self._lock:
             denial = next(
                 (
@@ -330,7 +403,7 @@ class KubeEmulator:
         raise ApiError(
             403,
             "Forbidden",
-            f'{subject} is forbidden: User "{denial.user}" cannot '
+            f'{subject} is forbidden: User "{denial.user or identity.user}" cannot '
             f'{verb} resource "{target.resource}" in API group "{kind.group}" {scope}',
             {"name": target.name or "", "group": kind.group, "kind": kind.plural},
         )
@@ -338,6 +411,26 @@ class KubeEmulator:
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self._log.append(record)
+
+
+def _request(target: Target, verb: str, query: dict[str, str]) -> Request:
+    """The authorization attributes of a resource request."""
+    name = target.name or ""
+    if not name and verb in ("list", "watch"):
+        # As the real server: a list or watch of one name (fieldSelector=metadata.name=x)
+        # is authorized for that name, so resourceNames rules can allow it.
+        for part in (query.get("fieldSelector") or "").split(","):
+            key, _, value = part.partition("=")  # "metadata.name=x" or "metadata.name==x"
+            if key.strip() == "metadata.name" and value.removeprefix("=").strip():
+                name = value.removeprefix("=").strip()
+    return Request(
+        verb,
+        target.kind.group,
+        target.kind.plural,
+        target.subresource or "",
+        name,
+        target.namespace or "",
+    )
 
 
 def _kind(api_version: str, kind: str) -> Kind:
@@ -356,6 +449,10 @@ class _Server(ThreadingHTTPServer):
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+        # The handshake runs in the request's thread (see _Handler.setup), not in accept.
+        self.socket = server_context().wrap_socket(
+            self.socket, server_side=True, do_handshake_on_connect=False
+        )
 
     # Track live connections: on stop, shutting them down wakes the threads blocked on them
     # (idle keep-alive reads, watches), so that server_close() can join every thread.
@@ -389,6 +486,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "kube-emulator"
     server: _Server
 
+    def setup(self) -> None:
+        self.request.settimeout(10)  # a client that never finishes its handshake
+        self.request.do_handshake()
+        self.request.settimeout(None)
+        super().setup()
+
     def do_GET(self) -> None:
         self._serve()
 
@@ -404,6 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type", "")
         raw = self._read_body()
         is_write = self.command in WRITE_METHODS
+        who: list[str] = [""]  # the authenticated user, once known
 
         def record(status: int, fault: str | None = None) -> None:
             try:
@@ -421,49 +525,42 @@ class _Handler(BaseHTTPRequestHandler):
                     query.get("dryRun") == "All",
                     fault,
                     body,
+                    who[0],
                 )
             )
 
         rule = emulator._take_fault(self.command, url.path)
         if rule is not None:
             record(0 if rule.fault == "drop" else rule.fault, str(rule.fault))
-            if rule.fault == "drop":
-                self.close_connection = True  # no response at all: the client sees EOF
-                return
-            reason, message = _FAULTS[rule.fault]
-            headers = {} if rule.retry_after is None else {"Retry-After": str(rule.retry_after)}
-            details = (
-                {}
-                if rule.retry_after is None
-                else {"details": {"retryAfterSeconds": rule.retry_after}}
-            )
-            self._send(
-                rule.fault, {**ApiError(rule.fault, reason, message).status(), **details}, headers
-            )
+            self._send_fault(rule)
             return
         warnings: list[str] = []
         try:
-            if is_discovery(url.path):
+            identity = emulator.authenticator.authenticate(self.headers.get("Authorization"))
+            who[0] = identity.user
+            target = self._resource_target(identity, url.path)
+            if target is None:  # discovery, authorized as a non-resource URL
                 doc = document(url.path, f"{self.server.server_address[0]!s}:{emulator.port}")
                 if doc is None:
                     raise NOT_FOUND
                 status = 200
             else:
-                target = parse_target(url.path)
                 watch = query.get("watch") in ("true", "1")
-                emulator._authorize(target, target.verb(self.command, watch))
+                verb = target.verb(self.command, watch)
+                emulator._authorize(identity, target, _request(target, verb, query))
                 if watch and self.command == "GET" and not target.name:
                     watcher = self._open_watch(target, query)
                     record(200)
                     self._stream(watcher, query)
                     return
-                emulator.admission.collect(warnings)
-                try:
-                    status, doc = handle(
-                        emulator.store, self.command, target, query, raw, content_type, warnings
-                    )
-                finally:
-                    emulator.admission.collect(None)
+                if target.subresource == "log" and self.command == "GET":
+                    self._pod_log(target)
+                    record(200)
+                    return
+                if target.subresource == "token":
+                    status, doc = self._token_request(target, raw, content_type)
+                else:
+                    status, doc = self._handle(identity, target, query, raw, content_type, warnings)
         except ApiError as err:
             status, doc = err.code, err.status()
         except Exception as err:  # a bug here must reach the client as a 500, not a hang
@@ -473,6 +570,88 @@ class _Handler(BaseHTTPRequestHandler):
         # As the real server: each warning a header of its own, code 299, agent "-".
         said = [("Warning", '299 - "' + w.replace('"', '\\"') + '"') for w in warnings]
         self._send(status, doc, extra=said)
+
+    def _send_fault(self, rule: _FaultRule) -> None:
+        if rule.fault == "drop":
+            self.close_connection = True  # no response at all: the client sees EOF
+            return
+        reason, message = _FAULTS[rule.fault]
+        headers = {} if rule.retry_after is None else {"Retry-After": str(rule.retry_after)}
+        details = (
+            {} if rule.retry_after is None else {"details": {"retryAfterSeconds": rule.retry_after}}
+        )
+        self._send(
+            rule.fault, {**ApiError(rule.fault, reason, message).status(), **details}, headers
+        )
+
+    def _resource_target(self, identity: Identity, path: str) -> Target | None:
+        """The resource a path names; None for discovery, once authorized as a
+        non-resource URL (other non-resource paths: authorized, then 404)."""
+        emulator = self.server.emulator
+        resource_like = not is_discovery(path)
+        if resource_like:
+            try:
+                return parse_target(path)
+            except ApiError as err:
+                if err is not NOT_FOUND:
+                    raise
+        request = Request(self.command.lower(), path=path)
+        if not emulator.authorizer.allows(identity, request):
+            raise forbidden(identity.user, request, None)
+        if resource_like:
+            raise NOT_FOUND
+        return None
+
+    def _handle(
+        self,
+        identity: Identity,
+        target: Target,
+        query: dict[str, str],
+        raw: bytes,
+        content_type: str,
+        warnings: list[str],
+    ) -> tuple[int, Obj]:
+        emulator = self.server.emulator
+        if target.subresource == "log":
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+        emulator.admission.collect(warnings)
+        try:
+            with emulator.authorizer.acting_as(identity):
+                return handle(
+                    emulator.store, self.command, target, query, raw, content_type, warnings
+                )
+        finally:
+            emulator.admission.collect(None)
+
+    def _token_request(self, target: Target, raw: bytes, content_type: str) -> tuple[int, Obj]:
+        """TokenRequest: a token for the ServiceAccount, mapped to its identity."""
+        if self.command != "POST" or not target.name or not target.namespace:
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        # kubectl create token sends protobuf, which this emulator does not decode: such a
+        # request gets the defaults (one hour), as a TokenRequest with an empty spec.
+        protobuf = "protobuf" in content_type
+        body = decode(raw, content_type) if raw and not protobuf else {}
+        lifetime = expiration_seconds(body)
+        token, expires = self.server.emulator.authenticator.issue(
+            target.namespace, target.name, lifetime
+        )
+        return 201, token_request(target.namespace, target.name, body, token, expires)
+
+    def _pod_log(self, target: Target) -> None:
+        """A pod's log: empty, since no container ever runs here (404 for no pod)."""
+        if (
+            not target.name
+            or self.server.emulator.store.get(target.kind, target.namespace, target.name) is None
+        ):
+            raise not_found(target.kind, target.name or "")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _read_body(self) -> bytes:
         # Clients send bodies with a Content-Length (kubectl and urllib3 alike), never chunked.
@@ -555,6 +734,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not readable:
             return False
         try:
-            return bool(self.connection.recv(1, socket.MSG_PEEK) == b"")
+            # The TCP stream under TLS (an SSLSocket cannot peek): EOF means gone.
+            return bool(socket.socket.recv(self.connection, 1, socket.MSG_PEEK) == b"")
         except OSError:
             return True

@@ -266,6 +266,10 @@ class Store:
         self.after_write: Callable[[Kind, str], None] | None = None
         # Validation of an update against the object it replaces (immutable fields).
         self.check_update: Callable[[Kind, Obj, Obj], None] | None = None
+        # Authorization that needs the object written (rbac.py): "create" (a POST),
+        # "create-by-apply" (an apply that creates: the real server authorizes it as a
+        # create too) or "update"; escalation prevention for Roles and bindings.
+        self.authorize_write: Callable[[str, Kind, Obj], None] | None = None
 
     @property
     def resource_version(self) -> int:
@@ -310,6 +314,7 @@ class Store:
         *,
         dry_run: bool = False,
         keep_status: bool = False,
+        by_apply: bool = False,
     ) -> Obj:
         obj = copy.deepcopy(obj)
         self._check_type(kind, obj)
@@ -335,6 +340,8 @@ class Store:
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
             if self.admit is not None:
                 self.admit(kind, obj)
+            if self.authorize_write is not None:
+                self.authorize_write("create-by-apply" if by_apply else "create", kind, obj)
             if dry_run:
                 return obj
             self._commit(kind, key, None, obj)
@@ -362,7 +369,8 @@ class Store:
             if old is None:
                 if create is None or subresource:
                     raise not_found(kind, name)
-                return self.create(kind, create(), namespace, dry_run=dry_run), "created"
+                created = self.create(kind, create(), namespace, dry_run=dry_run, by_apply=True)
+                return created, "created"
             new = change(copy.deepcopy(old))
             self._check_type(kind, new)
             meta = new.setdefault("metadata", {})
@@ -393,6 +401,8 @@ class Store:
                 meta.pop("managedFields", None)
             if subresource != "status" and self.check_update is not None:
                 self.check_update(kind, old, new)
+            if subresource != "status" and self.authorize_write is not None:
+                self.authorize_write("update", kind, new)
             if new == old:
                 return copy.deepcopy(old), "unchanged"
             if _content(new) != _content(old):

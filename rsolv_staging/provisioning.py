@@ -69,6 +69,11 @@ def secret_namespace(env: Environment, spec: SecretSpec) -> str:
     return env.monitoring.namespace if spec.name == "monitoring" else env.namespace
 
 
+def deployer_service_account(env: Environment) -> str:
+    """The identity ``env``'s deploys run as (in its app namespace): ``staging-deployer``."""
+    return f"{env.name}-deployer"
+
+
 def prometheus_service_account(env: Environment) -> str:
     """The scrape-only identity of ``env``'s Prometheus (in its monitoring namespace)."""
     return f"{env.name}-prometheus"
@@ -98,7 +103,7 @@ def namespaces(env: Environment) -> list[Manifest]:
 def service_accounts(env: Environment) -> list[Manifest]:
     """One deployer identity confined to the app namespace, one for Prometheus' scraping."""
     ns, mon = env.namespace, env.monitoring.namespace
-    deployer = f"{env.name}-deployer"
+    deployer = deployer_service_account(env)
     prometheus = prometheus_service_account(env)
     rbac = "rbac.authorization.k8s.io/v1"
     return [
@@ -107,28 +112,7 @@ def service_accounts(env: Environment) -> list[Manifest]:
             "apiVersion": rbac,
             "kind": "Role",
             "metadata": _meta(env, deployer, ns),
-            "rules": [
-                {
-                    "apiGroups": ["", "apps", "batch", "networking.k8s.io"],
-                    "resources": [
-                        "deployments",
-                        "statefulsets",
-                        "replicasets",
-                        "jobs",
-                        "services",
-                        "configmaps",
-                        "secrets",
-                        "persistentvolumeclaims",
-                        "ingresses",
-                    ],
-                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-                },
-                {
-                    "apiGroups": [""],
-                    "resources": ["pods", "pods/log", "events"],
-                    "verbs": ["get", "list", "watch"],
-                },
-            ],
+            "rules": deployer_rules(),
         },
         _role_binding(env, deployer, ns, account_namespace=ns),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(env, prometheus, mon)},
@@ -147,6 +131,30 @@ def service_accounts(env: Environment) -> list[Manifest]:
             ],
         },
         _role_binding(env, prometheus, ns, account_namespace=mon),
+    ]
+
+
+# What the deploy flow does in its namespace, and nothing more (the emulator enforces it):
+# server-side apply (patch; create when the object is new; get to read it back and
+# snapshot it), the rollout watch (list/watch one Deployment), the rollback (apply, and
+# delete what a failed run created), the prune (list, delete) and the failure details
+# (pods and events, read). No Secrets, StatefulSets, PVCs, Jobs or RBAC: those are
+# provisioning's, so staging's deploy identity cannot change its own quota, policies or
+# rights, nor read staging's credentials.
+_APPLIED = ("get", "list", "create", "patch", "delete")
+DEPLOYER_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+    (("apps",), ("deployments",), (*_APPLIED, "watch")),
+    (("",), ("services", "configmaps"), _APPLIED),
+    (("networking.k8s.io",), ("ingresses",), _APPLIED),
+    (("",), ("pods", "events"), ("get", "list")),
+)
+
+
+def deployer_rules() -> list[dict[str, list[str]]]:
+    """The staging-deployer Role's rules (see DEPLOYER_RULES)."""
+    return [
+        {"apiGroups": list(groups), "resources": list(resources), "verbs": list(verbs)}
+        for groups, resources, verbs in DEPLOYER_RULES
     ]
 
 

@@ -33,6 +33,18 @@ class Settings(BaseSettings):
         default=None,
         description="kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then in-cluster",
     )
+    staging_kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig of staging's own identity (the staging-deployer "
+        "ServiceAccount provisioning creates, which may write only staging's namespace): "
+        "the flows that deploy or read staging use it. Unset: `kubeconfig` (in a cluster, "
+        "the worker pod's own ServiceAccount, which is then staging-deployer)",
+    )
+    production_kubeconfig: Path | None = Field(
+        default=None,
+        description="kubeconfig of production's deploy identity: the promotion and its "
+        "production deploy use it. Unset: `kubeconfig`",
+    )
     field_manager: str = Field(
         default="rsolv-staging", description="Server-side apply field manager of every write"
     )
@@ -72,6 +84,17 @@ class Settings(BaseSettings):
     sync_swap_attempts: int = Field(
         default=5, ge=1, description="Tries of the staging swap while clients reconnect"
     )
+
+    def for_environment(self, environment: str) -> Settings:
+        """These settings acting as ``environment``'s own identity.
+
+        The kubeconfig comes from the worker's settings, never from a flow parameter or
+        the environment model (which a caller may supply): what a staging flow may write
+        is decided by the API server's RBAC for that identity, not by our code.
+        """
+        own = {"staging": self.staging_kubeconfig, "production": self.production_kubeconfig}
+        kubeconfig = own.get(environment)
+        return self.model_copy(update={"kubeconfig": kubeconfig}) if kubeconfig else self
 
 
 def load_settings() -> Settings:

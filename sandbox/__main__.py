@@ -38,6 +38,7 @@ import psycopg
 import yaml
 
 from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
+from sandbox.identities import use_separate_identities
 from sandbox.services import AppServer, app_server, prefect_server
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         timer.lap("synthetic production data")
         provision()
         timer.lap("provision")
+        use_separate_identities(services.kube, state, topology)
         deploy_to_staging(state, services, topology)
         timer.lap("deploy to staging + smoke")
         if not promote(state, services, args.auto_approve):
@@ -321,10 +323,8 @@ def deploy_to_staging(state: Path, services: Services, topology: Topology) -> No
     from tasks.manifests import render_overlay
 
     say(f"3/6 Deploy release {NEW[:19]}... to staging (watched rollout + smoke tests)")
-    # Production as it runs today, before this release (the sandbox plays its past).
-    services.kube.seed(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "production"}}
-    )
+    # Production as it runs today, before this release (the sandbox plays its past, as
+    # the bootstrap identity; sandbox/identities.py made its namespace).
     current = render_overlay.fn(
         "production", images={a: parse_image(r) for a, r in images(OLD).items()}
     )

@@ -504,6 +504,10 @@ def wait_for_rollout(
                 if ready is not None or time.monotonic() - started >= deadline_seconds:
                     break
         except (ApiException, DynamicApiError, urllib3.exceptions.HTTPError, OSError) as exc:
+            if getattr(exc, "status", None) in (401, 403):
+                # Not allowed to watch: fail fast and say which right is missing, rather
+                # than quietly fall back to reading the object once a second.
+                raise classify(exc, "watch", f"Deployment/{namespace}/{name}") from exc
             # 410 Gone (history expired), a dropped stream, a timeout: read the object
             # afresh and watch again; only the deadline ends the wait.
             get_run_logger().info("watch of %s/%s restarted: %s", namespace, name, exc)

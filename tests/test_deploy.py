@@ -26,6 +26,7 @@ from rsolv_staging.fields import applied_configuration
 from tasks.manifests import DEPLOYMENTS
 from tasks.prefect_api import ensure_concurrency_limit
 from tests.plugins.http import Server
+from tests.plugins.kube import staging_deployer_kubeconfig
 from tests.plugins.releases import (
     API,
     LANDING,
@@ -43,12 +44,20 @@ BAD = "sha256:" + "2" * 64
 
 @pytest.fixture
 def staging(
-    kube: KubeEmulator, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None
+    kube: KubeEmulator,
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    prefect_api: None,
+    tmp_path: Path,
 ) -> KubeEmulator:
-    """The emulator as the current context, with the staging namespace provisioned."""
+    """The emulator as the current context (admin), with the staging namespace and
+    provisioning's staging-deployer: every staging deploy here runs as that identity, so
+    its Role must grant all a deploy does (apply, watch, roll back, prune)."""
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("RSOLV_KUBE_RETRY_DELAY_SECONDS", "0.05")
     kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "staging"}})
+    deployer = staging_deployer_kubeconfig(kube, tmp_path / "staging-deployer")
+    monkeypatch.setenv("RSOLV_STAGING_KUBECONFIG", str(deployer))
     return kube
 
 

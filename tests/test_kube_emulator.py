@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from kube_emulator import KINDS, KubeEmulator, Mode
-from tests.plugins.kube import kubectl_path, run_kubectl
+from tests.plugins.kube import https, kubectl_path, run_kubectl
 
 NS = "staging"
 
@@ -261,11 +261,11 @@ def test_errors_are_status_bodies(
 def test_unparseable_body_is_400(kube: KubeEmulator) -> None:
     """A body that is not JSON is a 400 BadRequest Status."""
     kube.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    response = urllib3.request(
+    response = https(kube).request(
         "POST",
         f"{kube.url}/api/v1/namespaces/{NS}/configmaps",
         body=b"{not json",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **kube.auth_headers()},
     )
     assert response.status == 400
     assert response.json()["reason"] == "BadRequest"
@@ -661,7 +661,12 @@ def test_stop_closes_the_port_and_open_watches() -> None:
     """stop() ends open watches and idle connections promptly and frees the port."""
     emulator = KubeEmulator().start()
     url, port = emulator.url, emulator.port
-    stream = urllib3.request("GET", f"{url}/api/v1/namespaces?watch=true", preload_content=False)
+    stream = https(emulator).request(
+        "GET",
+        f"{url}/api/v1/namespaces?watch=true",
+        headers=emulator.auth_headers(),
+        preload_content=False,
+    )
     assert stream.status == 200
     started = time.monotonic()
     emulator.stop()
@@ -992,11 +997,11 @@ def test_pod_security_warns_on_workloads_and_at_the_warn_level(
             },
         }
     )
-    answer = urllib3.PoolManager().request(
+    answer = https(kube).request(
         "POST",
         f"{kube.url}/api/v1/namespaces/warned/pods",
         body=json.dumps(pod("plain")),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **kube.auth_headers()},
     )
     assert answer.status == 201
     assert answer.headers["Warning"].startswith(
@@ -1226,9 +1231,9 @@ def test_unknown_fields_are_dropped_with_a_warning_unless_strict_and_wrong_types
     the wrong type never decodes."""
     typo = deployment()
     typo["spec"]["replicaz"] = 3
-    pool = urllib3.PoolManager()
+    pool = https(kube)
     url = f"{kube.url}/apis/apps/v1/namespaces/{NS}/deployments"
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **kube.auth_headers()}
     strict = pool.request(
         "POST", url + "?fieldValidation=Strict", body=json.dumps(typo), headers=headers
     )

@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from kube_emulator import KubeEmulator
+from rsolv_staging.provisioning import deployer_service_account, service_accounts
+from rsolv_staging.settings import load_topology
 
 
 def kubectl_path() -> Path:
@@ -37,6 +40,11 @@ def run_kubectl(
     )
 
 
+def https(kube: KubeEmulator) -> urllib3.PoolManager:
+    """A raw HTTPS client that trusts the emulator's CA (send ``kube.auth_headers()``)."""
+    return urllib3.PoolManager(ca_certs=str(kube.ca_file))
+
+
 @pytest.fixture
 def kube() -> Iterator[KubeEmulator]:
     """A started Kubernetes API emulator on a free port, stopped (every socket closed) after."""
@@ -48,3 +56,19 @@ def kube() -> Iterator[KubeEmulator]:
 def kubeconfig(kube: KubeEmulator, tmp_path: Path) -> Path:
     """A kubeconfig file for ``kube`` in tmp_path: context "emulator", namespace "default"."""
     return kube.write_kubeconfig(tmp_path / "kubeconfig", context="emulator")
+
+
+def staging_deployer_kubeconfig(kube: KubeEmulator, path: Path) -> Path:
+    """Provisioning's own staging-deployer (ServiceAccount, Role, RoleBinding) stored in
+    ``kube``, and a kubeconfig at ``path`` with a token issued to it (TokenRequest).
+
+    The staging namespace must exist. Only the deployer's objects: the rest of
+    provisioning is the provision tests' business.
+    """
+    staging = load_topology().staging
+    name = deployer_service_account(staging)
+    for obj in service_accounts(staging):
+        if obj["metadata"]["name"] == name:
+            kube.seed(obj)
+    token = kube.service_account_token(staging.namespace, name)
+    return kube.write_kubeconfig(path, token=token, namespace=staging.namespace, user=name)
