@@ -57,7 +57,7 @@ from tasks.manifests import render_overlay
 from tasks.prefect_api import SECURITY_ANNOUNCED_VARIABLE
 from tasks.tls import scan_tls
 from tests.plugins.http import PKI, closed_port
-from tests.plugins.releases import images, latest_artifact
+from tests.plugins.releases import images, newest_artifact
 
 TOPOLOGY = default_topology()
 REGISTRIES = TOPOLOGY.staging.image_registries
@@ -453,7 +453,7 @@ def test_a_clean_staging_gives_no_findings(
     report = scan_staging_security(endpoints=[hardened_endpoint], ca_bundle=str(test_pki.ca_file))
     assert report.findings == []
     assert clean_staging.list("Pod", "staging")  # pods were there to be judged
-    artifact = latest_artifact(ARTIFACT_KEY)
+    artifact = newest_artifact(ARTIFACT_KEY)
     assert artifact.description == "no findings; 0 new"
 
 
@@ -478,9 +478,9 @@ def notifications() -> Iterator[list[dict[str, Any]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    CustomWebhookNotificationBlock(url=url, json_data={"text": "{{subject}}: {{body}}"}).save(
-        "rsolv-deployments", overwrite=True
-    )
+    CustomWebhookNotificationBlock(
+        name="rsolv-deployments", url=url, json_data={"text": "{{subject}}: {{body}}"}
+    ).save("rsolv-deployments", overwrite=True)
     yield _Hook.received
     CustomWebhookNotificationBlock.delete("rsolv-deployments")
     server.shutdown()
