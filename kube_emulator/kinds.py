@@ -62,7 +62,10 @@ KINDS: tuple[Kind, ...] = (
     Kind(APPS, "v1", "Deployment", "deployments", True, ("deploy",), status=True),
     Kind(APPS, "v1", "StatefulSet", "statefulsets", True, ("sts",), status=True),
     Kind(APPS, "v1", "ReplicaSet", "replicasets", True, ("rs",), status=True),
+    # Served (stored, listed, Pod Security warnings) but not reconciled: no pods are made.
+    Kind(APPS, "v1", "DaemonSet", "daemonsets", True, ("ds",), status=True),
     Kind(BATCH, "v1", "Job", "jobs", True, status=True),
+    Kind(BATCH, "v1", "CronJob", "cronjobs", True, ("cj",), status=True),
 )
 
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}

@@ -32,6 +32,8 @@ _PSA_VERSION = re.compile(r"^(latest|v1\.\d{1,3})$")
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
+# A registry host[:port], optionally followed by repository path components.
+_REGISTRY = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 EnvironmentName = Literal["production", "staging"]
@@ -344,6 +346,14 @@ class Environment(_Frozen):
     quota: Quota = Field(description="The namespace's ResourceQuota")
     database: Database
     monitoring: Monitoring
+    image_registries: tuple[str, ...] = Field(
+        # Where the apps (ghcr.io/rsolv-dev), PostgreSQL (the official image) and the
+        # monitoring stack (prom/, grafana/) come from: what the security scan allows.
+        default=("ghcr.io/rsolv-dev", "docker.io/library", "docker.io/prom", "docker.io/grafana"),
+        min_length=1,
+        description="Registries (a host, optionally with a repository path prefix) the "
+        "environment's images may come from; 'postgres' counts as docker.io/library/postgres",
+    )
 
     @field_validator("namespace")
     @classmethod
@@ -354,6 +364,17 @@ class Environment(_Frozen):
     @classmethod
     def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         return _check_ports(value)
+
+    @field_validator("image_registries")
+    @classmethod
+    def _registries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _REGISTRY.match(item):
+                raise ValueError(
+                    f"{item!r} is not a registry such as 'ghcr.io/rsolv-dev' (a host, "
+                    "optionally a path; no scheme, no trailing '/')"
+                )
+        return value
 
     @field_validator("domain")
     @classmethod
@@ -540,6 +561,8 @@ def _derive_staging(
         "apps": list(production.apps),
         "app_resources": production.app_resources.scaled(ratio).model_dump(),
         "quota": production.quota.scaled(ratio).model_dump(),
+        # What is promoted is what was tested: the same images, so the same registries.
+        "image_registries": list(production.image_registries),
     }
     # Explicit app_resources/quota for staging are allowed (and then checked against
     # production); they are not needed, because the derived values are the RFC's.

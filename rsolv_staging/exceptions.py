@@ -82,3 +82,14 @@ class DataError(StagingError):
 class LockTimeout(StagingError):
     """Another run held a lock this run needs for longer than it may wait; nothing was
     changed."""
+
+
+class SecurityScanFailed(StagingError):
+    """The security scan found critical problems in staging (named in the message).
+
+    ``report`` is the scan's full report (``rsolv_staging.security_scan.ScanReport``).
+    """
+
+    def __init__(self, message: str, *, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -36,6 +36,25 @@ class ImageRef:
         return f"{self.name.rsplit('/', 1)[-1]}@{self.digest[:19]}"
 
 
+def split_reference(reference: str) -> tuple[str, str | None, str | None] | None:
+    """``(name, tag, digest)`` of any image reference, pinned or not; None if malformed."""
+    match = _REFERENCE.match(reference.strip())
+    return (match["name"], match["tag"], match["digest"]) if match else None
+
+
+def repository(name: str) -> str:
+    """The fully qualified repository of an image name, as a container runtime reads it.
+
+    ``postgres`` is ``docker.io/library/postgres``, ``prom/prometheus`` is
+    ``docker.io/prom/prometheus``; a first component with a dot or a port, or
+    ``localhost``, is a registry host and is kept.
+    """
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return name
+    return f"docker.io/{name}" if rest else f"docker.io/library/{name}"
+
+
 def parse_image(reference: str, *, field: str = "image") -> ImageRef:
     """Parse ``name@sha256:...`` (a tag beside the digest is dropped: the digest decides).
 

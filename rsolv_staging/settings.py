@@ -16,9 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rsolv_staging.environments import Topology, topology_from_mapping
 from rsolv_staging.exceptions import ConfigurationError
+from rsolv_staging.security_scan import Baseline, parse_baseline
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVIRONMENTS_FILE = REPO_ROOT / "data" / "environments.yaml"
+DEFAULT_SECURITY_BASELINE_FILE = REPO_ROOT / "data" / "security-baseline.yaml"
 
 
 class Settings(BaseSettings):
@@ -117,3 +119,17 @@ def load_topology(path: Path | None = None) -> Topology:
     if not isinstance(raw, dict):
         raise ConfigurationError(f"environment model {path} must be a mapping")
     return topology_from_mapping(raw)
+
+
+def load_security_baseline(path: Path | None = None) -> Baseline:
+    """Read the security scan's baseline (default ``data/security-baseline.yaml``).
+
+    Raises:
+        ConfigurationError: the file is missing or invalid (an unknown rule, no reason).
+    """
+    path = path or DEFAULT_SECURITY_BASELINE_FILE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read security baseline {path}: {exc.strerror}") from exc
+    return parse_baseline(text, source=str(path))

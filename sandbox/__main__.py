@@ -14,7 +14,8 @@ stand-in app per environment. Then runs the real flows, unchanged:
    printed) or from a second terminal with the printed ``rsolv-staging approve`` line;
 5. production is deployed and smoke-tested;
 6. the monthly production->staging data sync runs once (when the flow is present);
-7. a report artifact links every artifact the run produced.
+7. scan-staging-security over staging (clean but for the stand-in app's known findings);
+8. a report artifact links every artifact the run produced.
 
 State lives in ``.sandbox/``; each run starts clean (the directory is wiped first).
 """
@@ -39,6 +40,7 @@ import yaml
 
 from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
 from sandbox.identities import use_separate_identities
+from sandbox.security import scan_security
 from sandbox.services import AppServer, app_server, prefect_server
 
 if TYPE_CHECKING:
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         show_production(services.kube)
         sync(args.skip_sync)
         timer.lap("data sync")
+        scan_security(state, services)
+        timer.lap("security scan")
         report(services.ui_url, timer, keep_ui=args.keep_ui)
     return 0
 

@@ -48,6 +48,7 @@ from prefect.exceptions import MissingContextError
 from prefect.runtime import task_run
 
 from rsolv_staging.exceptions import ConfigurationError
+from rsolv_staging.security_scan import HeaderProbe
 from rsolv_staging.smoke import (
     WARMUP_STATUSES,
     Check,
@@ -469,4 +470,53 @@ async def run_check(
     return results[0]
 
 
-__all__ = ["check_endpoint", "execute_checks", "run_check", "run_checks", "ssl_context"]
+# ------------------------------------------------------------------ security headers
+
+SECURITY_HEADERS = (
+    "strict-transport-security",
+    "x-content-type-options",
+    "x-frame-options",
+    "content-security-policy",
+)
+
+
+@task(name="read-security-headers", cache_policy=NO_CACHE)
+def read_security_headers(
+    endpoints: Sequence[str], *, timeout_seconds: float = 10
+) -> list[HeaderProbe]:
+    """GET each endpoint once and keep the security headers of its (first) response.
+
+    Redirects are not followed: the headers of the answer a browser gets first are what
+    protect it (HSTS on a redirect counts). The certificate is not verified here: whether
+    it is trusted is the TLS scan's finding, and nothing but an anonymous GET is sent.
+    An endpoint that does not answer is a probe with ``error`` set, not an exception.
+    """
+    probes = []
+    with httpx.Client(
+        verify=ssl_context(verify=False),
+        timeout=timeout_seconds,
+        headers={"User-Agent": "rsolv-staging-security-scan/1"},
+    ) as client:
+        for endpoint in endpoints:
+            try:
+                response = client.get(endpoint, follow_redirects=False)
+            except httpx.HTTPError as exc:
+                probes.append(HeaderProbe(endpoint=endpoint, error=_describe_error(exc)))
+                continue
+            kept = {k: response.headers[k] for k in SECURITY_HEADERS if k in response.headers}
+            probes.append(HeaderProbe(endpoint=endpoint, status=response.status_code, headers=kept))
+    return probes
+
+
+def _describe_error(exc: BaseException) -> str:
+    return f"{str(exc) or 'no details'} ({type(exc).__name__})"
+
+
+__all__ = [
+    "check_endpoint",
+    "execute_checks",
+    "read_security_headers",
+    "run_check",
+    "run_checks",
+    "ssl_context",
+]

@@ -692,3 +692,79 @@ def prune_objects(
                 _delete(dyn, obj, settings)
                 pruned.append(object_key(obj))
     return pruned
+
+
+# ----------------------------------------------------------------- the live state, read
+
+SCANNED_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "Pod"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("apps/v1", "ReplicaSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+    ("v1", "Secret"),
+    ("v1", "ServiceAccount"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"),
+)
+
+
+def _redacted_secret(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """A Secret without its values: keyed fingerprints per key, and no annotations
+    (``kubectl apply`` leaves the whole Secret, values included, in one of them)."""
+    import base64
+
+    meta = secret.get("metadata") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "uid") if k in meta},
+        "type": secret.get("type", "Opaque"),
+        "fingerprints": {
+            k: fingerprint(base64.b64decode(v)) for k, v in (secret.get("data") or {}).items()
+        },
+    }
+
+
+@task(name="read-live-state", cache_policy=NO_CACHE, task_run_name="read-live-{namespaces}")
+def read_live_state(
+    namespaces: Sequence[str],
+    *,
+    cluster: Cluster,
+    settings: Settings,
+    kinds: Sequence[tuple[str, str]] = SCANNED_KINDS,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every object of ``kinds`` in ``namespaces``, and the namespaces themselves.
+
+    Read-only (get and list). Secret values never leave this task: each Secret comes back
+    with a keyed fingerprint per key instead of its ``data``. A 403 fails the read with
+    the permission to grant: a scan that cannot see an object must not report it clean.
+
+    Returns:
+        Kind -> objects (each with ``kind`` and ``apiVersion`` set, managedFields dropped).
+    """
+    with _logged_kube_errors("read live state"):
+        dyn = connect(cluster, settings)
+        out: dict[str, list[dict[str, Any]]] = {"Namespace": []}
+        for namespace in namespaces:
+            stub = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            found = _get(dyn, stub, settings)
+            if found is not None:
+                out["Namespace"].append({**found, "kind": "Namespace", "apiVersion": "v1"})
+            for api_version, kind in kinds:
+                listed = _list(
+                    dyn, {"apiVersion": api_version, "kind": kind}, namespace, None, settings
+                )
+                for item in listed.get("items") or []:
+                    item = {**item, "kind": kind, "apiVersion": api_version}
+                    item["metadata"] = {
+                        k: v
+                        for k, v in (item.get("metadata") or {}).items()
+                        if k != "managedFields"
+                    }
+                    out.setdefault(kind, []).append(
+                        _redacted_secret(item) if kind == "Secret" else item
+                    )
+        return out

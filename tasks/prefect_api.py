@@ -174,3 +174,34 @@ def exclusive(name: str, *, wait_seconds: float, holder: str) -> Iterator[None]:
         raise LockTimeout(
             f"another {holder} held {name!r} for {wait_seconds:.0f}s; nothing was applied"
         ) from None
+
+
+SECURITY_ANNOUNCED_VARIABLE = "security_scan_announced"
+
+
+@task(name="read-announced-findings", cache_policy=NO_CACHE)
+def read_announced_findings(name: str = SECURITY_ANNOUNCED_VARIABLE) -> list[str]:
+    """The ids of the findings earlier scans announced (Prefect Variable ``name``).
+
+    Anyone with API access can write the Variable, so it only decides what is notified,
+    never whether a scan fails. A value that is not a list of strings is ignored (every
+    finding is then announced again): a broken record errs towards telling too much.
+    """
+    value: Any = Variable.get(name, default=None)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return []
+    return list(value)
+
+
+@task(name="record-announced-findings", cache_policy=NO_CACHE)
+def record_announced_findings(
+    ids: list[str], *, name: str = SECURITY_ANNOUNCED_VARIABLE, limit: int = 300
+) -> int:
+    """Keep ``ids`` (at most ``limit``: a Variable holds 5000 characters) for the next scan.
+
+    Returns:
+        How many were kept; those left out are announced again by the next scan.
+    """
+    kept = sorted(set(ids))[:limit]
+    Variable.set(name, kept, overwrite=True)
+    return len(kept)
