@@ -673,3 +673,47 @@ def _relative(
         status=status,
         note=note,
     )
+
+
+def delivery_window(
+    now: datetime,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    weeks: int,
+    complete_weeks_only: bool,
+    timezone: str,
+) -> tuple[datetime, datetime]:
+    """The window [start, end) to measure, from the flow's parameters.
+
+    ``end`` defaults to ``now``, or with ``complete_weeks_only`` to the Monday 00:00 that
+    starts its week; ``start`` defaults to the Monday 00:00 of the ``weeks``-th ISO week
+    counted back from the one ``end`` falls in (an ``end`` on a Monday 00:00 closes the
+    previous week). Naive times are read in ``timezone``.
+
+    Raises:
+        ValueError: the window is empty or reversed, or ``weeks`` is below 1.
+    """
+    zone = ZoneInfo(timezone)
+
+    def aware(moment: datetime) -> datetime:
+        return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+    def monday(moment: datetime) -> datetime:
+        local = moment.astimezone(zone)
+        day = local.date() - timedelta(days=local.weekday())
+        return datetime.combine(day, datetime.min.time()).replace(tzinfo=zone)
+
+    if weeks < 1:
+        raise ValueError("weeks must be at least 1")
+    stop = aware(end) if end else now
+    if complete_weeks_only:
+        stop = monday(stop)
+    last = monday(stop - timedelta(microseconds=1))
+    first = (last.replace(tzinfo=None) - timedelta(days=7 * (weeks - 1))).replace(tzinfo=zone)
+    begin = aware(start) if start else first
+    if begin >= stop:
+        raise ValueError(
+            f"the window is empty: {begin.isoformat()} is not before {stop.isoformat()}"
+        )
+    return begin, stop
