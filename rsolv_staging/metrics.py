@@ -578,7 +578,7 @@ def targets(weeks: Sequence[Week], baseline: Baseline | None) -> list[Target]:
         base_incidents = float(prod[0].failed_changes)
         if baseline is not None and baseline.incidents_per_week is not None:
             base_incidents = baseline.incidents_per_week
-        source = f"the window's first week with data ({first.week})"
+        source = f"first week with data, {first.week}"
         compared = prod[1:]
     else:
         base_deploys = base_incidents = None
@@ -660,7 +660,10 @@ def _relative(
             else ""
         )
     elif base == 0:
-        status, note = "no data", "the baseline is 0: a relative target cannot be judged against it"
+        status, note = (
+            "no data",
+            "The baseline is 0: a relative target cannot be judged against it.",
+        )
     else:
         status, note = ("met" if met(measured, base) else "not met"), ""
     return Target(

@@ -109,7 +109,7 @@ def markdown(metrics: DeliveryMetrics, svg: str) -> str:
     lines += ["## RFC 002 targets", "", *_targets_table(metrics.targets), ""]
     data = base64.b64encode(svg.encode()).decode()
     lines += [f"![Delivery metrics per week](data:image/svg+xml;base64,{data})", ""]
-    lines += ["## Lead time to production by stage (mean minutes)", ""]
+    lines += ["## Lead time to production by stage (means over the week's changes)", ""]
     lines += _stages_table(metrics.weeks)
     lines += ["", "## Approvals", "", *_approvals_table(metrics.weeks)]
     lines += [
@@ -125,20 +125,17 @@ def markdown(metrics: DeliveryMetrics, svg: str) -> str:
 
 
 def _targets_table(targets: Sequence[Target]) -> list[str]:
+    """The targets, then what each one counts and any note (kept out of the narrow table)."""
     lines = [
         "| metric | target | baseline | measured | status |",
         "| --- | --- | --- | --- | --- |",
     ]
     for t in targets:
-        base = (
-            f"{_fmt(t.baseline)} ({t.baseline_source})"
-            if t.baseline is not None
-            else t.baseline_source
-        )
-        status = t.status + (f": {t.note}" if t.note else "")
-        lines.append(
-            f"| {t.name} ({t.unit}) | {t.target} | {base} | {_fmt(t.measured)} | {status} |"
-        )
+        base = f"{_fmt(t.baseline)} ({t.baseline_source})" if t.baseline is not None else "-"
+        measured = _duration(t.measured) if t.unit.startswith("minutes") else _fmt(t.measured)
+        lines.append(f"| {t.name} | {t.target} | {base} | {measured} | {t.status} |")
+    lines.append("")
+    lines += [f"- {t.name}: {t.unit}." + (f" {t.note}" if t.note else "") for t in targets]
     return lines
 
 
@@ -214,10 +211,16 @@ class _Panel:
     def y(self, value: float) -> float:
         return self.top + PANEL_HEIGHT - PANEL_HEIGHT * min(value, self.ymax) / self.ymax
 
+    @property
+    def width(self) -> float:
+        """A bar's width: a share of the week's slot, never a wall for a lone week."""
+        return min(self.slot * 0.3, 48.0)
+
     def bar(
         self, week: int, offset: float, width: float, low: float, high: float, colour: str, tip: str
     ) -> None:
-        x = LEFT + self.slot * week + self.slot * offset
+        """A bar from ``low`` to ``high``; ``offset`` in bar widths from the slot's centre."""
+        x = LEFT + self.slot * (week + 0.5) + offset * width
         y1, y0 = self.y(high), self.y(low)
         self.parts.append(
             f'<rect x="{x:.1f}" y="{y1:.1f}" width="{width:.1f}" height="{max(y0 - y1, 0):.1f}" '
@@ -283,16 +286,16 @@ def _deploys_panel(metrics: DeliveryMetrics, top: float) -> _Panel:
         "",
     )
     for i, w in enumerate(weeks):
-        for offset, env, colour in ((0.2, "staging", STAGING), (0.52, "production", OK)):
+        for offset, env, colour in ((-1.05, "staging", STAGING), (0.05, "production", OK)):
             f = w.environments.get(env)
             if f is None:
                 continue
             held = f.deploys - f.failed_changes
-            panel.bar(i, offset, panel.slot * 0.28, 0, held, colour, f"{w.week} {env}: {held} held")
+            panel.bar(i, offset, panel.width, 0, held, colour, f"{w.week} {env}: {held} held")
             panel.bar(
                 i,
                 offset,
-                panel.slot * 0.28,
+                panel.width,
                 held,
                 f.deploys,
                 BAD,
@@ -325,12 +328,16 @@ def _lead_panel(weeks: Sequence[Week], top: float) -> _Panel:
                 )
             continue
         low = 0.0
+        x = LEFT + panel.slot * (i + 0.5)
+        top_value = sum(v or 0 for v in lead.stages.values()) / scale
+        label = f"{_duration(lead.total.mean)} mean over {lead.changes}"
+        panel.parts.append(_text(x, panel.y(top_value) - 4, label, anchor="middle"))
         for stage, colour in zip(STAGES, STAGE_COLOURS, strict=True):
             value = (lead.stages[stage] or 0) / scale
             panel.bar(
                 i,
-                0.3,
-                panel.slot * 0.4,
+                -0.5,
+                panel.width,
                 low,
                 low + value,
                 colour,
@@ -364,10 +371,12 @@ def _validate_panel(weeks: Sequence[Week], top: float) -> _Panel:
                 )
             continue
         colour = OK if v.median < 30 else BAD
+        x = LEFT + panel.slot * (i + 0.5)
+        panel.parts.append(_text(x, panel.y(v.median) - 4, _duration(v.median), anchor="middle"))
         panel.bar(
             i,
-            0.3,
-            panel.slot * 0.4,
+            -0.5,
+            panel.width,
             0,
             v.median,
             colour,

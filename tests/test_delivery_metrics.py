@@ -40,6 +40,7 @@ from flows.delivery_metrics import delivery_metrics
 from flows.deploy import deploy
 from flows.promote import promote_to_production
 from kube_emulator import KubeEmulator
+from rsolv_staging import cli
 from rsolv_staging.cli import PrefectAPI
 from rsolv_staging.environments import default_topology
 from rsolv_staging.images import parse_image
@@ -152,7 +153,8 @@ def audit_of(promotion: FlowRun) -> dict[str, str]:
 
 
 def span(run: FlowRun) -> tuple[datetime, datetime]:
-    assert run.start_time and run.end_time
+    assert run.start_time
+    assert run.end_time
     return run.start_time, run.end_time
 
 
@@ -241,7 +243,12 @@ def history(
     return h
 
 
-def test_delivery_metrics_over_real_runs(history: dict[str, Any], tmp_path: Path) -> None:
+def test_delivery_metrics_over_real_runs(
+    history: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Each figure of the week equals what the runs the test made say, read back from the
     API: counts, change failure, time to restore, time to validate, lead time by stage
     (commit time given once, missing once), approvals and the RFC's targets."""
@@ -267,6 +274,10 @@ def test_delivery_metrics_over_real_runs(history: dict[str, Any], tmp_path: Path
         == result.model_dump(mode="json")
     )
     assert (tmp_path / "chart.svg").read_text().startswith("<svg")
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+    capsys.readouterr()
+    assert cli.main(["metrics", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == published
     assert "data:image/svg+xml;base64," in latest_artifact("delivery-metrics")
     (week,) = [w for w in published["weeks"] if w["has_data"]]
     staging, production = week["environments"]["staging"], week["environments"]["production"]

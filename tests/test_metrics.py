@@ -12,6 +12,7 @@ import pytest
 
 from rsolv_staging.metrics import (
     Baseline,
+    DeliveryMetrics,
     DeployRun,
     PromotionRun,
     SmokeRun,
@@ -162,7 +163,7 @@ HISTORY = [
 
 
 @pytest.fixture(scope="module")
-def metrics():  # type: ignore[no-untyped-def]
+def metrics() -> DeliveryMetrics:
     return compute_metrics(
         HISTORY,
         start=at(2, "00:00"),
@@ -172,7 +173,7 @@ def metrics():  # type: ignore[no-untyped-def]
     )
 
 
-def test_weeks_of_the_window_and_the_empty_one(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_weeks_of_the_window_and_the_empty_one(metrics: DeliveryMetrics) -> None:
     """Three ISO weeks; W47 has no run at all, so it has no figures (not zeros)."""
     assert [w.week for w in metrics.weeks] == ["2026-W45", "2026-W46", "2026-W47"]
     assert [w.has_data for w in metrics.weeks] == [True, True, False]
@@ -180,7 +181,7 @@ def test_weeks_of_the_window_and_the_empty_one(metrics) -> None:  # type: ignore
     assert [w.partial for w in metrics.weeks] == [False, False, False]
 
 
-def test_deploy_counts_frequency_and_change_failure(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_deploy_counts_frequency_and_change_failure(metrics: DeliveryMetrics) -> None:
     """W45 staging: s1 ok, s2 rolled back (s0 is W44: not counted); production p1 ok (the
     next production deploy is 6 days later). W46 production: p2 ok but p3 followed it 82
     min later (failed), p3 ok, p4 rolled back (failed): 2 of 3."""
@@ -208,7 +209,7 @@ def test_deploy_counts_frequency_and_change_failure(metrics) -> None:  # type: i
     assert w46["staging"].change_failure_rate == 0
 
 
-def test_lead_time_by_stage(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_lead_time_by_stage(metrics: DeliveryMetrics) -> None:
     """p1 (W45): commit 09:30 -> 15:25 = 355 min = 30 CI + 14 staging (20 - 6 smoke) + 6
     smoke + 220 waiting (10:20 -> 14:00) + 60 approval + 25 rollout (15:00 -> 15:25)."""
     lead = metrics.weeks[0].environments["production"].lead_time
@@ -224,7 +225,7 @@ def test_lead_time_by_stage(metrics) -> None:  # type: ignore[no-untyped-def]
     }
 
 
-def test_lead_time_without_a_commit_time_and_through_a_freeze(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_lead_time_without_a_commit_time_and_through_a_freeze(metrics: DeliveryMetrics) -> None:
     """W46: p2 starts at s3's start (no commit time): 08:00 -> 13:50 = 350 = 10 staging +
     30 smoke + 140 waiting + 120 freeze (10:00-12:00 inside 08:40 -> 13:00) + 30 approval
     + 20 rollout. p3 ships A again, so it links to s1 a week earlier: 09:30 (2 Nov) ->
@@ -245,7 +246,7 @@ def test_lead_time_without_a_commit_time_and_through_a_freeze(metrics) -> None: 
     assert sum(lead.stages.values()) == lead.total.mean
 
 
-def test_time_to_validate_against_thirty_minutes(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_time_to_validate_against_thirty_minutes(metrics: DeliveryMetrics) -> None:
     """s1: 10:00 -> smoke passed 10:18 = 18 min (within); s2's smoke failed: not a
     validation; s3: 08:00 -> 08:35 = 35 min (not within)."""
     w45, w46 = (w.environments["staging"] for w in metrics.weeks[:2])
@@ -257,7 +258,7 @@ def test_time_to_validate_against_thirty_minutes(metrics) -> None:  # type: igno
     assert (w46.lead_time.total.median, w46.lead_time.from_commit) == (40, 0)
 
 
-def test_approvals(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_approvals(metrics: DeliveryMetrics) -> None:
     """W45: r1 approved after 60 min, r2 rejected after 45, r3 timed out, r4 refused
     before the gate. W46: three approvals after 30, 10, 20 min, one freeze override."""
     a = metrics.weeks[0].environments["production"].approvals
@@ -278,7 +279,7 @@ def test_approvals(metrics) -> None:  # type: ignore[no-untyped-def]
     assert (a.requested, a.approved, a.freeze_overrides, a.time_to_decision.median) == (3, 3, 1, 20)
 
 
-def test_targets_against_the_first_week(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_targets_against_the_first_week(metrics: DeliveryMetrics) -> None:
     """Baseline W45: 1 production deploy, 0 failed changes. W46: 2 deploys (met: >= 2x),
     2 incidents against 0 (cannot be judged); validation median of 18 and 35 = 26.5."""
     t = {x.name: x for x in metrics.targets}
@@ -366,7 +367,7 @@ def test_freeze_overlap_counts_overlapping_windows_once() -> None:
     assert freeze_overlap(at(2, "09:00"), at(2, "12:30"), w) == timedelta(minutes=150)
 
 
-def test_the_report_shows_targets_chart_and_no_data_weeks(metrics) -> None:  # type: ignore[no-untyped-def]
+def test_the_report_shows_targets_chart_and_no_data_weeks(metrics: DeliveryMetrics) -> None:
     """The markdown carries the targets table, the chart as a data URI, and W47 as "no
     data"; the SVG draws the 30-minute line and labels the empty week."""
     svg = chart_svg(metrics)
