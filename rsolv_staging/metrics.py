@@ -557,6 +557,13 @@ def _environment_week(
             "of the same digests that succeeded before the promotion, in the history read."
         )
     figures.lead_time = _lead_times([lead for lead in leads if lead is not None])
+    lead = figures.lead_time
+    if lead is not None and lead.from_commit < lead.changes:
+        notes.append(
+            f"{name}: {lead.changes - lead.from_commit} of {lead.changes} production change(s) "
+            "had no commit time (CI passes committed_at to the deploy): their lead time starts "
+            "at the staging deploy's start."
+        )
     figures.approvals = approvals(
         [p for p in history.promotions.values() if _within(p.requested_at, span)]
     )

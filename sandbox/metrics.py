@@ -17,5 +17,7 @@ def measure_delivery(state: Path) -> None:
     )
     for target in metrics.targets:
         shown = "no data" if target.measured is None else f"{target.measured:g}"
+        if target.status == "not measured":
+            shown = "-"
         print(f"    {target.name}: {shown} (target {target.target}): {target.status}")
     print(f"    chart: {state / 'delivery-metrics.svg'}  (artifact: delivery-metrics)")

@@ -52,7 +52,7 @@ from tests.plugins.http import Server
 from tests.plugins.releases import API, checks_file, images, latest_artifact
 
 OLD, NEW, NEXT, BAD = ("sha256:" + c * 64 for c in "0123")
-APPROVAL_WAIT = 1.5  # seconds the approver takes to decide
+APPROVAL_WAIT = 1.0  # seconds the approver takes to decide
 
 
 def minutes(delta: timedelta) -> float:

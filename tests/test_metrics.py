@@ -7,6 +7,7 @@ is worked out by hand in the comments next to it, from the timestamps written he
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from rsolv_staging.metrics import (
     PromotionRun,
     SmokeRun,
     compute_metrics,
+    delivery_window,
     freeze_overlap,
     judge_changes,
 )
@@ -244,6 +246,9 @@ def test_lead_time_without_a_commit_time_and_through_a_freeze(metrics: DeliveryM
         "production rollout": 20,
     }
     assert sum(lead.stages.values()) == lead.total.mean
+    assert any(
+        "2026-W46: 1 of 2 production change(s) had no commit time" in n for n in metrics.notes
+    )
 
 
 def test_time_to_validate_against_thirty_minutes(metrics: DeliveryMetrics) -> None:
@@ -380,3 +385,57 @@ def test_the_report_shows_targets_chart_and_no_data_weeks(metrics: DeliveryMetri
     assert "no data" in svg
     rows = table_rows(metrics)
     assert rows[-1] == {"week": "2026-W47", "environment": "-", "deploys": "no data"}
+
+
+MONDAY = datetime(2026, 11, 9, tzinfo=UTC)  # 00:00, the start of W46
+
+
+@pytest.mark.parametrize(
+    ("now", "kwargs", "expected"),
+    [
+        # Thursday of W46, 4 weeks: W43 to W46 so far.
+        (at(12, "15:00"), {}, (MONDAY - timedelta(weeks=3), at(12, "15:00"))),
+        # Only complete weeks: W42 to W45, up to W46's Monday.
+        (at(12, "15:00"), {"complete_weeks_only": True}, (MONDAY - timedelta(weeks=4), MONDAY)),
+        # An end on a Monday 00:00 closes the week before it.
+        (at(20, "00:00"), {"end": MONDAY, "weeks": 1}, (MONDAY - timedelta(weeks=1), MONDAY)),
+        # Naive times are read in the zone; weeks start at local midnight.
+        (
+            at(12, "15:00"),
+            {
+                "start": datetime(2026, 11, 9),
+                "end": datetime(2026, 11, 10),
+                "timezone": "Asia/Tokyo",
+            },
+            (datetime(2026, 11, 8, 15, tzinfo=UTC), datetime(2026, 11, 9, 15, tzinfo=UTC)),
+        ),
+    ],
+)
+def test_the_window_from_the_parameters(
+    now: datetime, kwargs: dict[str, Any], expected: tuple[datetime, datetime]
+) -> None:
+    """weeks counts ISO weeks back from end's week; complete_weeks_only stops at this Monday."""
+    args = {"start": None, "end": None, "weeks": 4, "complete_weeks_only": False, "timezone": "UTC"}
+    assert delivery_window(now, **{**args, **kwargs}) == expected
+
+
+def test_an_empty_or_reversed_window_is_refused() -> None:
+    """start at or after end, or fewer than one week, is a usage error before any read."""
+    with pytest.raises(ValueError, match="empty"):
+        delivery_window(
+            at(12, "15:00"),
+            start=at(12, "16:00"),
+            end=at(12, "15:00"),
+            weeks=4,
+            complete_weeks_only=False,
+            timezone="UTC",
+        )
+    with pytest.raises(ValueError, match="at least 1"):
+        delivery_window(
+            at(12, "15:00"),
+            start=None,
+            end=None,
+            weeks=0,
+            complete_weeks_only=False,
+            timezone="UTC",
+        )
