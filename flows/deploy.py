@@ -23,6 +23,8 @@ Parameters:
     environment: ``staging`` (default). ``production`` is only deployed by the
         promote-to-production flow, which passes its approval record.
     trigger: who or what started the deploy (e.g. ``ci:push:<sha>``), kept in the record.
+    committed_at: when the commit behind the trigger was made (CI passes it), kept in the
+        record; the delivery-metrics flow measures lead time from it.
     rollout_deadline_seconds: how long a rollout may take before it is rolled back.
     run_smoke_tests / smoke_checks_file: the smoke tests after the rollout.
     manifests_dir: another kustomize tree laid out like ``deployments/``.
@@ -140,6 +142,7 @@ def deploy(
     images: dict[str, str],
     environment: Literal["staging", "production"] = "staging",
     trigger: str = "manual",
+    committed_at: datetime | None = None,
     rollout_deadline_seconds: float = 300.0,
     run_smoke_tests: bool = True,
     smoke_checks_file: str | None = None,
@@ -190,7 +193,9 @@ def deploy(
         else:
             pruned, note = prune(target, objects, approved_deletions, settings)
             outcome = DeployOutcome("succeeded", changes, pruned=pruned, note=note)
-        report = record_deploy(environment, trigger, started, refs, live_apps, outcome)
+        report = record_deploy(
+            environment, trigger, started, refs, live_apps, outcome, committed_at=committed_at
+        )
         if outcome.reason:
             undone = ", ".join(outcome.rollback) or "nothing"
             raise DeployFailed(
@@ -410,6 +415,8 @@ def record_deploy(
     refs: Mapping[str, ImageRef],
     live_apps: Mapping[str, dict[str, Any] | None],
     outcome: DeployOutcome,
+    *,
+    committed_at: datetime | None = None,
 ) -> DeployReport:
     """Record the deploy (table artifact ``deployments-<environment>``) and notify."""
     finished = datetime.now(UTC)
@@ -421,6 +428,7 @@ def record_deploy(
             digest=str(refs[app]),
             previous_digest=live_image(live_apps[app]),
             trigger=trigger,
+            committed_at=committed_at,
             started=started,
             finished=finished,
             result=outcome.result,

@@ -6,6 +6,7 @@
     rsolv-staging reject  <flow-run-id> --approver alice --reason "wrong build"
     rsolv-staging status  <flow-run-id>
     rsolv-staging audit
+    rsolv-staging metrics [--json]
 
 It talks HTTP only (``PREFECT_API_URL``, and ``PREFECT_API_KEY`` for Prefect Cloud), so
 it needs no project import and no Prefect profile. Exit codes: 0 success, 1 failed or
@@ -229,6 +230,37 @@ def decide(api: PrefectAPI, run_id: str, decision: str, approver: str, reason: s
     return EXIT_OK
 
 
+METRICS_KEY = "delivery-metrics-json"  # written by flows/delivery_metrics.py
+
+
+def print_metrics(api: PrefectAPI, *, as_json: bool) -> int:
+    """Print the newest delivery metrics: the JSON document, or the RFC's targets."""
+    found = api.artifacts(METRICS_KEY, limit=1)
+    if not found:
+        raise CliError(
+            f"no {METRICS_KEY} artifact yet: run the delivery-metrics flow first "
+            "(rsolv-staging run delivery-metrics/delivery-metrics --follow)",
+            EXIT_FAILED,
+        )
+    text = str(found[0].get("data") or "").strip()
+    try:  # a markdown artifact holding one fenced JSON block
+        document = json.loads(text.removeprefix("```json").removesuffix("```"))
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"the newest {METRICS_KEY} artifact is not JSON: {exc}", EXIT_FAILED
+        ) from exc
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"{document.get('window_start')} to {document.get('window_end')}")
+    for target in document.get("targets") or []:
+        measured = target.get("measured")
+        shown = "no data" if measured is None else measured
+        name, goal, status = target.get("name"), target.get("target"), target.get("status")
+        print(f"  {name}: {shown} (target {goal}): {status}")
+    return EXIT_OK
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsolv-staging", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -248,6 +280,8 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--follow", action="store_true")
     status.add_argument("--timeout", type=float, default=3600)
     sub.add_parser("audit", help="list promotion decisions (the promotion-audit artifact)")
+    metrics = sub.add_parser("metrics", help="the newest delivery metrics (delivery-metrics flow)")
+    metrics.add_argument("--json", action="store_true", help="print every figure as JSON")
     return parser
 
 
@@ -280,6 +314,8 @@ def _dispatch(api: PrefectAPI, args: argparse.Namespace) -> int:
         run = api.read_run(args.run_id)
         print(f"{run['name']} ({args.run_id}): {state_of(run)[1]}")
         return exit_code(run) if state_of(run)[0] in FINAL else EXIT_OK
+    if args.command == "metrics":
+        return print_metrics(api, as_json=args.json)
     for artifact in api.artifacts("promotion-audit"):
         rows = artifact.get("data") or []
         if isinstance(rows, str):  # table artifacts come back as a JSON string

@@ -33,6 +33,9 @@ class DeploymentRecord(BaseModel):
     digest: str = Field(description="Image deployed, name@sha256:...")
     previous_digest: str | None = Field(description="Image running before, if any")
     trigger: str = Field(description="Who or what started it (CI run, person)")
+    committed_at: datetime | None = Field(
+        default=None, description="When the triggering commit was made, if CI said"
+    )
     started: datetime
     finished: datetime
     result: Result
@@ -45,6 +48,9 @@ class DeploymentRecord(BaseModel):
             "digest": self.digest,
             "previous digest": self.previous_digest or "-",
             "trigger": self.trigger,
+            "committed": self.committed_at.isoformat(timespec="seconds")
+            if self.committed_at
+            else "-",
             "started": self.started.isoformat(timespec="seconds"),
             "finished": self.finished.isoformat(timespec="seconds"),
             "result": self.result,

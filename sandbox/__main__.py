@@ -41,6 +41,7 @@ import yaml
 from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
 from sandbox.identities import use_separate_identities
 from sandbox.security import scan_security
+from sandbox.metrics import measure_delivery
 from sandbox.services import AppServer, app_server, prefect_server
 
 if TYPE_CHECKING:
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         timer.lap("data sync")
         scan_security(state, services)
         timer.lap("security scan")
+        measure_delivery(state)
+        timer.lap("delivery metrics")
         report(services.ui_url, timer, keep_ui=args.keep_ui)
     return 0
 
