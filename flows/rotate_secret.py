@@ -88,7 +88,7 @@ from tasks.kube import (
     retrying,
     wait_for_rollout,
 )
-from tasks.postgres.connections import resolve_dsn
+from tasks.postgres.connections import refuse_production, resolve_dsn
 from tasks.postgres.credentials import (
     check_login,
     dsn_user,
@@ -205,6 +205,7 @@ def rotate_staging_secret(
             except Exception as exc:  # whatever failed, put back what was written
                 roll_back(plan, reason=str(exc))
                 break
+    results += [p.result for p in plans[len(results) :]]  # after a failure: not attempted
     proof = ProductionProof(before=before, after=read_production_states(topology, settings))
     return report(results, proof)
 
@@ -247,6 +248,15 @@ def plan_rotation(
     )
     if current is None:
         raise ConfigurationError(f"Secret {namespace}/{name} does not exist: provision staging")
+    leftover = retrying(read_secret_values, settings)(
+        previous_name(name), namespace=namespace, cluster=staging.cluster, settings=settings
+    )
+    if leftover is not None:
+        raise ConfigurationError(
+            f"Secret {namespace}/{previous_name(name)} exists: an earlier rotation of {name} "
+            "did not finish. It holds the values before that rotation; check which values the "
+            "apps work with, then delete it (nothing was changed)"
+        )
     keys = spec.data_keys
     if new_value_block:
         new = load_values(new_value_block, keys)
@@ -299,6 +309,8 @@ def plan_database(
     if not logins.get(current):
         raise ConfigurationError(f"the apps' login {current!r} cannot log in on staging's server")
     password = plan.new["password"]
+    for dsn in sources.values():
+        refuse_production(dsn, prod_db)  # a DSN block aimed at production is not rewritten
     dsns = {
         n: (read_block(n), with_login(dsn, following, password))
         for n, dsn in sources.items()
@@ -442,6 +454,7 @@ def drop_previous(plan: Plan, topology: Topology, settings: Settings) -> None:
         f"drop the previous values ({keep['metadata']['name']})",
         lambda: delete_objects([keep], cluster=cluster, settings=settings),
     )
+    plan.result.outcome = "rotated"
 
 
 ROTATION = "rsolv-staging-rotation"
@@ -562,13 +575,14 @@ def previous_secret(plan: Plan, staging: Environment) -> Manifest:
 def report(results: list[RotationResult], proof: ProductionProof) -> RotationReport:
     """Publish the report artifact; fail the run if a rotation failed or production moved."""
     outcome = RotationReport(results=results, production_unchanged=proof.unchanged)
-    failed = [r for r in results if r.outcome != "rotated"]
-    summary = (
-        f"{sum(r.outcome == 'rotated' for r in results)} rotated, {len(failed)} failed; "
-        f"production {'unchanged' if proof.unchanged else 'CHANGED'}"
-    )
+    tally = {
+        o: sum(r.outcome == o for r in results) for o in dict.fromkeys(r.outcome for r in results)
+    }
+    summary = ", ".join(f"{n} {o}" for o, n in tally.items()) or "nothing to rotate"
+    summary += f"; production {'unchanged' if proof.unchanged else 'CHANGED'}"
     publish_markdown(ARTIFACT_KEY, report_markdown(results, proof), description=summary)
     get_run_logger().info(summary)
+    failed = [r for r in results if r.outcome in ("rolled back", "rollback incomplete")]
     if failed or not proof.unchanged:
         detail = "; ".join(
             f"{r.secret} {r.outcome} ({r.reason}); did: {', '.join(s.action for s in r.steps)}; "

@@ -52,10 +52,10 @@ def shape_of(value: str) -> Shape:
     """The alphabet a current value is drawn from, so its successor looks the same."""
     if value and all(c in string.hexdigits.lower() for c in value):
         return "hex"
+    if value.isascii() and value.isalnum():
+        return "alnum"
     if value and all(c in _URLSAFE for c in value):
         return "urlsafe"
-    if value.isalnum():
-        return "alnum"
     return "printable"
 
 
@@ -202,7 +202,9 @@ class RotationResult(BaseModel):
     secret: str
     data_keys: list[str]
     source: str = Field(description="'generated' or the Secret block the value came from")
-    outcome: Literal["rotated", "rolled back", "rollback incomplete", "refused"] = "rotated"
+    outcome: Literal["rotated", "rolled back", "rollback incomplete", "not attempted"] = (
+        "not attempted"
+    )
     reason: str = ""
     consumers: list[Consumer] = Field(default_factory=list)
     steps: list[Step] = Field(default_factory=list)

@@ -38,6 +38,7 @@ import psycopg
 import yaml
 
 from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
+from sandbox.rotation import rotate_one_secret
 from sandbox.services import AppServer, app_server, prefect_server
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         show_production(services.kube)
         sync(args.skip_sync)
         timer.lap("data sync")
+        rotate_one_secret(state)
+        timer.lap("secret rotation")
         report(services.ui_url, timer, keep_ui=args.keep_ui)
     return 0
 

@@ -437,3 +437,60 @@ def test_refusals_happen_before_any_write(
     assert kube.writes() == []
     assert _values(kube, "staging-payment") == before
     assert _block("staging-payment-api-key") is None
+
+
+def test_a_leftover_previous_secret_stops_the_rotation_before_any_write(staging: Staging) -> None:
+    """``<secret>-previous`` left by a run that died: refused, nothing written, nothing lost."""
+    kube = staging.kube
+    kube.seed(_secret("staging-payment-previous", "staging", {"api-key": "before-the-crash"}))
+    kube.clear_log()
+    with pytest.raises(ConfigurationError, match="did not finish"):
+        rotate_staging_secret(secrets=["staging-payment"], smoke_checks_file=staging.checks)
+    assert kube.writes() == []
+    assert _values(kube, "staging-payment-previous") == {"api-key": "before-the-crash"}
+
+
+def test_a_failed_rollout_is_undone_and_an_undo_that_fails_is_reported(
+    staging: Staging,
+) -> None:
+    """The consumer's new pods never get ready: the Secret and its block are put back, the
+    other undos still run, and the roll back that fails too is named with its reason."""
+    kube = staging.kube
+    kube.seed(
+        _deployment(
+            "by-env",
+            {},
+            {
+                "env": [
+                    {
+                        "name": "KEY",
+                        "valueFrom": {
+                            "secretKeyRef": {"name": "staging-payment", "key": "api-key"}
+                        },
+                    }
+                ]
+            },
+        )
+    )
+    kube.set_workload_behaviour("failing", namespace="staging", name="by-env")
+    before = _values(kube, "staging-payment")
+
+    with pytest.raises(RotationFailed) as failure:
+        rotate_staging_secret(
+            secrets=["staging-payment"],
+            smoke_checks_file=staging.checks,
+            rollout_deadline_seconds=5,
+        )
+
+    (result,) = failure.value.results
+    assert result.outcome == "rollback incomplete"
+    assert "rollout of by-env failed" in result.reason
+    assert "ImagePullBackOff" in result.reason
+    undone = {s.action: s for s in result.undone}
+    assert not undone["roll by-env back to their previous template"].ok
+    assert undone["apply Secret staging/staging-payment (previous values)"].ok
+    assert undone["delete Secret block staging-payment-api-key"].ok
+    assert _values(kube, "staging-payment") == before
+    assert _block("staging-payment-api-key") is None
+    assert kube.get("v1", "Secret", "staging-payment-previous", "staging") is None
+    assert "FAILED: roll by-env back" in latest_artifact("rotate-staging-secret")
