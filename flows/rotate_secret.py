@@ -153,7 +153,6 @@ class Plan:
     result: RotationResult
     database: DatabasePlan | None = None
     undo: list[tuple[str, Undo]] = field(default_factory=list)
-    stamp: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 @flow(name="rotate-staging-secret", log_prints=True)
@@ -335,6 +334,9 @@ def rotate(
         prepare_login(plan, topology)
     write_values(plan, topology, settings, deadline=deadline)
     if plan.result.consumers:
+        # Microseconds, not kubectl's seconds: in a run over every secret, rsolv-api is
+        # rolled once per secret it reads, and an equal value would be no new template.
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         step(
             plan,
             f"roll {_names(plan)} and wait for the rollouts",
@@ -342,7 +344,7 @@ def rotate(
                 plan,
                 topology,
                 settings,
-                {c.name: plan.stamp for c in plan.result.consumers},
+                {c.name: stamp for c in plan.result.consumers},
                 deadline,
             ),
         )

@@ -494,3 +494,43 @@ def test_a_failed_rollout_is_undone_and_an_undo_that_fails_is_reported(
     assert _block("staging-payment-api-key") is None
     assert kube.get("v1", "Secret", "staging-payment-previous", "staging") is None
     assert "FAILED: roll by-env back" in latest_artifact("rotate-staging-secret")
+
+
+def test_the_scheduled_run_rotates_every_secret_and_rolls_a_shared_consumer_each_time(
+    staging: Staging,
+) -> None:
+    """No names (the monthly schedule): every staging secret gets a new value; rsolv-api,
+    which reads four of them, is rolled once per secret (a new template each time)."""
+    kube = staging.kube
+    env = [
+        {"name": n, "valueFrom": {"secretKeyRef": {"name": f"staging-{s}", "key": k}}}
+        for n, s, k in [
+            ("P", "payment", "api-key"),
+            ("O", "oauth", "client-id"),
+            ("C", "convertkit", "api-secret"),
+        ]
+    ]
+    api = _api_deployment()
+    api["spec"]["template"]["spec"]["containers"][0]["env"] += env
+    kube.seed(api)
+    before = {
+        s["metadata"]["name"]: _values(kube, s["metadata"]["name"], s["metadata"]["namespace"])
+        for ns in ("staging", "staging-monitoring")
+        for s in kube.list("Secret", ns)
+    }
+
+    result = rotate_staging_secret(database_role=staging.role, smoke_checks_file=staging.checks)
+
+    assert [r.outcome for r in result.results] == ["rotated"] * len(TOPOLOGY.secrets)
+    for spec in TOPOLOGY.secrets:
+        name = TOPOLOGY.staging.secret_name(spec)
+        ns = "staging-monitoring" if spec.name == "monitoring" else "staging"
+        after = _values(kube, name, ns)
+        assert after is not None
+        old = before[name]
+        assert old is not None
+        assert all(after[k] != old[k] for k in spec.data_keys), name
+    rolled = kube.get("apps/v1", "Deployment", "rsolv-api", "staging")
+    assert rolled is not None
+    assert rolled["metadata"]["generation"] == 1 + 4
+    assert not _can_login(staging.pg, staging.blue, staging.old_password)
