@@ -363,6 +363,24 @@ class KubeEmulator:
         """The mutating requests (POST, PUT, PATCH, DELETE), dry runs included and flagged."""
         return [r for r in self.requests() if r.is_write]
 
+    def requests_in(self, namespaces: Iterable[str]) -> Records:
+        """The requests that reached ``namespaces``: their objects, or a list across all
+        namespaces (which returns theirs too), or the Namespace objects themselves."""
+        wanted = set(namespaces)
+        found = []
+        for record in self.requests():
+            try:
+                target = parse_target(record.path)
+            except ApiError:
+                continue  # discovery (/api, /apis, /version, /openapi): no namespace
+            own = target.namespace in wanted or (
+                target.kind.kind == "Namespace" and target.name in wanted
+            )
+            cluster_wide = target.kind.namespaced and target.namespace is None
+            if own or cluster_wide:
+                found.append(record)
+        return found
+
     def clear_log(self) -> None:
         with self._lock:
             self._log.clear()

@@ -42,6 +42,7 @@ from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
 from sandbox.identities import use_separate_identities
 from sandbox.security import scan_security
 from sandbox.metrics import measure_delivery
+from sandbox.rotation import rotate_one_secret
 from sandbox.services import AppServer, app_server, prefect_server
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         timer.lap("security scan")
         measure_delivery(state)
         timer.lap("delivery metrics")
+        rotate_one_secret(state)
+        timer.lap("secret rotation")
         report(services.ui_url, timer, keep_ui=args.keep_ui)
     return 0
 

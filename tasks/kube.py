@@ -28,7 +28,7 @@ from kubernetes.dynamic.exceptions import DynamicApiError
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from rsolv_staging.environments import Cluster
 from rsolv_staging.exceptions import (
@@ -41,6 +41,7 @@ from rsolv_staging.exceptions import (
 from rsolv_staging.fields import applied_configuration
 from rsolv_staging.fingerprint import fingerprint
 from rsolv_staging.provisioning import Manifest, object_key
+from rsolv_staging.rotation import RESTART_ANNOTATION
 from rsolv_staging.settings import Settings
 
 T = TypeVar("T")
@@ -768,3 +769,133 @@ def read_live_state(
                         _redacted_secret(item) if kind == "Secret" else item
                     )
         return out
+# ------------------------------------------------------------------ secret rotation
+
+
+@task(name="list-deployments", cache_policy=NO_CACHE, task_run_name="list-deployments-{namespace}")
+def list_deployments(
+    *, namespace: str, cluster: Cluster, settings: Settings
+) -> list[dict[str, Any]]:
+    """Every Deployment in ``namespace`` as it is live (pod templates included). Read-only."""
+    with _logged_kube_errors("list deployments"):
+        dyn = connect(cluster, settings)
+        stub = {"apiVersion": "apps/v1", "kind": "Deployment"}
+        return list(_list(dyn, stub, namespace, None, settings).get("items", []))
+
+
+@task(
+    name="read-secret-states",
+    cache_policy=NO_CACHE,
+    task_run_name="read-secret-states-{namespace}",
+)
+def read_secret_states(
+    names: Sequence[str], *, namespace: str, cluster: Cluster, settings: Settings
+) -> dict[str, dict[str, str]]:
+    """resourceVersion (under ``@resourceVersion``) and per-key keyed fingerprints of the
+    Secrets that exist among ``names`` (read-only: only hashes leave this task).
+
+    What "production was not touched" is measured by: any write to a Secret changes its
+    resourceVersion, any new value its fingerprint.
+    """
+    import base64
+
+    with _logged_kube_errors("read secrets"):
+        dyn = connect(cluster, settings)
+        out: dict[str, dict[str, str]] = {}
+        for name in names:
+            stub = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+            }
+            live = _get(dyn, stub, settings)
+            if live is None:
+                continue
+            data = live.get("data") or {}
+            out[name] = {
+                "@resourceVersion": str(live["metadata"]["resourceVersion"]),
+                **{k: fingerprint(base64.b64decode(v)) for k, v in data.items()},
+            }
+        return out
+
+
+@task(
+    name="read-secret-values",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="read-secret-{namespace}-{name}",
+)
+def read_secret_values(
+    name: str, *, namespace: str, cluster: Cluster, settings: Settings
+) -> dict[str, SecretStr] | None:
+    """The decoded values of Secret ``namespace/name`` (None: no such Secret).
+
+    As ``SecretStr`` and never persisted: the rotation keeps them only to put them back.
+    """
+    import base64
+
+    with _logged_kube_errors("read secret"):
+        dyn = connect(cluster, settings)
+        stub = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        live = _get(dyn, stub, settings)
+        if live is None:
+            return None
+        return {
+            k: SecretStr(base64.b64decode(v).decode()) for k, v in (live.get("data") or {}).items()
+        }
+
+
+@task(
+    name="restart-deployments",
+    cache_policy=NO_CACHE,
+    task_run_name="restart-deployments-{namespace}",
+)
+def restart_deployments(
+    names: Mapping[str, str | None], *, namespace: str, cluster: Cluster, settings: Settings
+) -> list[str]:
+    """Set each Deployment's pod-template restart annotation (name -> value), as
+    ``kubectl rollout restart`` does; a None value removes the annotation (a roll back to
+    the template before a restart).
+
+    A JSON merge patch under its own field manager, not a server-side apply: an apply by
+    the deploy flow's field manager with only this annotation would drop every other
+    field that manager owns. Idempotent: the same value again is no new template.
+    """
+    dyn = connect(cluster, settings)
+    resource = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+    done: list[str] = []
+    with _reporting(done):
+        for name, value in names.items():
+            body = {
+                "spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: value}}}}
+            }
+            _call(
+                lambda name=name, body=body: resource.patch(  # type: ignore[misc]
+                    body=body,
+                    name=name,
+                    namespace=namespace,
+                    content_type="application/merge-patch+json",
+                    field_manager=f"{settings.field_manager}-rotation",
+                    _request_timeout=settings.kube_request_timeout_seconds,
+                ),
+                "patch",
+                f"Deployment/{namespace}/{name}",
+            )
+            done.append(f"Deployment/{namespace}/{name}")
+    return done
+
+
+@task(name="delete-objects", cache_policy=NO_CACHE)
+def delete_objects(
+    objects: Sequence[Manifest], *, cluster: Cluster, settings: Settings
+) -> list[str]:
+    """Delete each object (already gone counts as deleted). Idempotent."""
+    with _logged_kube_errors("delete"):
+        dyn = connect(cluster, settings)
+        for obj in objects:
+            _delete(dyn, obj, settings)
+        return [object_key(obj) for obj in objects]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import cast
+from contextlib import suppress
+from typing import Any, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -112,3 +113,62 @@ def ensure_not_production_values(
             "staging must not share credentials with production (RFC 002 section 7), "
             "nothing was applied: " + "; ".join(reused)
         )
+
+
+# ------------------------------------------------------------------ writing the sources
+
+
+def read_block(name: str) -> SecretStr | None:
+    """Secret block ``name``'s value (None when there is no such block; the environment
+    is not consulted: this is what a rollback must put back)."""
+    return _from_block(name)
+
+
+def load_values(name: str, keys: tuple[str, ...]) -> dict[str, SecretStr]:
+    """New values an operator put in Secret block ``name``: one string for a single key,
+    or a JSON object ``{key: value}`` naming exactly the keys rotated.
+
+    Raises:
+        SecretError: the block is missing, empty, or does not hold those keys.
+    """
+    from prefect.blocks.system import Secret
+
+    try:
+        value = cast("Secret[Any]", Secret.load(name)).get()
+    except ValueError:
+        raise SecretError(f"no Secret block {name!r}: nothing was changed") from None
+    if isinstance(value, dict):
+        if set(value) != set(keys) or not all(isinstance(v, str) and v for v in value.values()):
+            raise SecretError(
+                f"Secret block {name!r} must map exactly the keys {sorted(keys)} to non-empty "
+                f"strings (it names {sorted(value)}): nothing was changed"
+            )
+        return {k: SecretStr(str(value[k])) for k in keys}
+    if len(keys) != 1 or not isinstance(value, str) or not value:
+        raise SecretError(
+            f"Secret block {name!r} holds one value; the secret has keys {sorted(keys)}: give "
+            "a JSON object {key: value} (nothing was changed)"
+        )
+    return {keys[0]: SecretStr(value)}
+
+
+@task(
+    name="write-secret-block",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="write-block-{name}",
+    retries=2,
+    retry_delay_seconds=1,
+)
+def write_secret_block(name: str, value: SecretStr | None) -> None:
+    """Set Secret block ``name`` to ``value`` (created if missing); None deletes the block.
+
+    Idempotent either way, so retried on a failed call to the Prefect API.
+    """
+    from prefect.blocks.system import Secret
+
+    if value is None:
+        with suppress(ValueError):  # no such block: already as wanted
+            Secret.delete(name)
+        return
+    Secret(value=value.get_secret_value()).save(name, overwrite=True)
