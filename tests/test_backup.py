@@ -339,7 +339,9 @@ def test_a_corrupted_file_fails_the_drill_naming_it_and_notifies(
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
     with webhook() as (url, received):
-        block = CustomWebhookNotificationBlock(url=url, json_data={"text": "{{subject}}: {{body}}"})
+        block = CustomWebhookNotificationBlock(
+            name="backup-drills", url=url, json_data={"text": "{{subject}}: {{body}}"}
+        )
         block.save("backup-drills", overwrite=True)
         try:
             with pytest.raises(DataError, match=f"file {data_file} is corrupted"):
@@ -393,9 +395,9 @@ def test_a_failing_restore_notifies_and_drops_the_scratch_database(
         with psycopg.connect(pg_staging.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE backup_test_reader")
     with webhook() as (url, received):
-        CustomWebhookNotificationBlock(url=url, json_data={"text": "{{subject}}: {{body}}"}).save(
-            "backup-drills", overwrite=True
-        )
+        CustomWebhookNotificationBlock(
+            name="backup-drills", url=url, json_data={"text": "{{subject}}: {{body}}"}
+        ).save("backup-drills", overwrite=True)
         try:
             with pytest.raises(DataError, match="pg_restore"):
                 verify_restore_drill(notify_block="backup-drills")
