@@ -29,9 +29,9 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, ValidationError
 
 from rsolv_staging.backups import (
