@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.plugins.kube",
     "tests.plugins.postgres",
     "tests.plugins.prefect",
+    "tests.plugins.s3",
     "tests.plugins.staging",
 ]
 

@@ -86,6 +86,24 @@ class Settings(BaseSettings):
     sync_swap_attempts: int = Field(
         default=5, ge=1, description="Tries of the staging swap while clients reconnect"
     )
+    # Where backups go is the worker's configuration, not a flow parameter: anyone who
+    # can reach the Prefect API can set parameters, and a backup of staging (a copy of
+    # production's data) sent to a location of their choosing would be a leak.
+    backup_url: str | None = Field(
+        default=None,
+        description="Staging's backup location: a local path or s3://bucket/prefix",
+    )
+    backup_s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint of backup_url (default: AWS's)"
+    )
+    production_backup_url: str | None = Field(
+        default=None,
+        description="Where production's backups live (only read: verify-restore's drill; "
+        "no staging flow writes there)",
+    )
+    production_backup_s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint of production_backup_url"
+    )
 
     def for_environment(self, environment: str) -> Settings:
         """These settings acting as ``environment``'s own identity.

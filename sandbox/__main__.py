@@ -40,9 +40,9 @@ import yaml
 
 from rsolv_staging.provisioning import STAGING_POSTGRES_SETTINGS
 from sandbox.identities import use_separate_identities
-from sandbox.security import scan_security
 from sandbox.metrics import measure_delivery
 from sandbox.rotation import rotate_one_secret
+from sandbox.security import scan_security
 from sandbox.services import AppServer, app_server, prefect_server
 
 if TYPE_CHECKING:

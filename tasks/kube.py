@@ -769,6 +769,8 @@ def read_live_state(
                         _redacted_secret(item) if kind == "Secret" else item
                     )
         return out
+
+
 # ------------------------------------------------------------------ secret rotation
 
 

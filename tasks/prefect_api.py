@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
@@ -13,8 +14,13 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-from prefect.client.schemas.sorting import FlowRunSort
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+)
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -205,3 +211,16 @@ def record_announced_findings(
     kept = sorted(set(ids))[:limit]
     Variable.set(name, kept, overwrite=True)
     return len(kept)
+
+
+@task(name="read-artifact-time", cache_policy=NO_CACHE, task_run_name="artifact-time-{key}")
+def read_artifact_time(key: str) -> datetime | None:
+    """When the newest artifact with ``key`` was created, or None when there is none
+    (the backup report dates the sync's rollback copy by its last report)."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return artifacts[0].created if artifacts and artifacts[0].created else None

@@ -31,10 +31,24 @@ The monthly production -> staging sync, phase by phase:
 - :mod:`~tasks.postgres.verify`: :func:`verify_copy`.
 - :mod:`~tasks.postgres.swap`: :func:`swap_database`, :func:`measure_staging_disk`,
   :func:`discard_new_copy`.
+
+Staging's backups and restore drills:
+
+- :mod:`~tasks.postgres.backup`: :func:`backup_lock`, :func:`dump_database`,
+  :func:`restore_backup`, :func:`verify_restore`, :func:`drop_scratch_database`,
+  :func:`read_rollback_copy`.
 """
 
 from __future__ import annotations
 
+from tasks.postgres.backup import (
+    backup_lock,
+    drop_scratch_database,
+    dump_database,
+    read_rollback_copy,
+    restore_backup,
+    verify_restore,
+)
 from tasks.postgres.catalog import read_objects, read_sequences, table_checksum
 from tasks.postgres.checks import TableChecksum, analyze_tables, checksum_tables, read_max_ids
 from tasks.postgres.connections import (
@@ -82,6 +96,7 @@ __all__ = [
     "TableLoad",
     "Target",
     "analyze_tables",
+    "backup_lock",
     "check_target",
     "checksum_tables",
     "connect",
@@ -94,6 +109,8 @@ __all__ = [
     "describe_schema",
     "discard_new_copy",
     "drop_leftovers",
+    "drop_scratch_database",
+    "dump_database",
     "find_tools",
     "is_production_server",
     "measure_staging_disk",
@@ -101,11 +118,13 @@ __all__ = [
     "prepare_sync",
     "read_max_ids",
     "read_objects",
+    "read_rollback_copy",
     "read_sequences",
     "refuse_production",
     "resolve_dsn",
     "resolve_sanitize_salt",
     "resolve_secret",
+    "restore_backup",
     "restore_ddl",
     "restore_table_ddl",
     "secret_env_var",
@@ -115,5 +134,6 @@ __all__ = [
     "table_checksum",
     "truncate_tables",
     "verify_copy",
+    "verify_restore",
     "verify_schema",
 ]
