@@ -88,6 +88,17 @@ def major_of(version_num: int) -> int:
     return version_num // 10_000
 
 
+# Timeouts every supported server knows, sent in the startup packet (they override the
+# role's and database's own) so that not even the first statement runs under a limit
+# meant for the application: a role's 1 ms statement_timeout otherwise cancels the very
+# SET that lifts it (reported as "canceling statement due to user request", a race).
+STARTUP_SETTINGS = (
+    "statement_timeout=0",
+    "lock_timeout=0",
+    "idle_in_transaction_session_timeout=0",
+)
+
+
 def session_settings(version_num: int) -> tuple[str, ...]:
     """``name=value`` settings of every sync session on a server of ``version_num``
     (``row_security=off``, no timeouts, and a check that the client is still there).
@@ -98,9 +109,7 @@ def session_settings(version_num: int) -> tuple[str, ...]:
     idle in its transaction for the whole copy.
     """
     settings = [
-        "statement_timeout=0",
-        "lock_timeout=0",
-        "idle_in_transaction_session_timeout=0",
+        *STARTUP_SETTINGS,
         # As pg_dump: a query that row-level security would filter fails instead of
         # returning fewer rows (a no-op for roles that bypass it).
         "row_security=off",

@@ -24,9 +24,7 @@ from pydantic import SecretStr
 
 from rsolv_staging.environments import Database
 from rsolv_staging.exceptions import GuardError
-from rsolv_staging.sync import (
-    session_settings,
-)
+from rsolv_staging.sync import STARTUP_SETTINGS, session_settings
 from tasks.postgres.connections import connect, connect_for_writing
 
 _USER_NAMESPACES = (
@@ -97,6 +95,11 @@ def _read_only(dsn: SecretStr) -> SecretStr:
     return SecretStr(_with_settings(dsn.get_secret_value(), "default_transaction_read_only=on"))
 
 
+def _untimed(dsn: SecretStr) -> SecretStr:
+    """``dsn`` with the timeouts of :data:`STARTUP_SETTINGS` off from the first statement."""
+    return SecretStr(_with_settings(dsn.get_secret_value(), *STARTUP_SETTINGS))
+
+
 def _unbounded(dsn: SecretStr, version: int) -> SecretStr:
     """``dsn`` with the sync's sessions exempt from the server's and database's timeouts
     (a month's copy must not die of a ``statement_timeout`` meant for the application)."""
@@ -129,7 +132,7 @@ def _exempt(conn: psycopg.Connection[Any]) -> None:
 def _admin(target_dsn: SecretStr, production: Database) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit session on staging's maintenance database, exempt from timeouts
     (creating, renaming and dropping databases, whatever staging's limits are)."""
-    with connect_for_writing(target_dsn, production, autocommit=True) as conn:
+    with connect_for_writing(_untimed(target_dsn), production, autocommit=True) as conn:
         _exempt(conn)
         yield conn
 
@@ -139,7 +142,7 @@ def source_session(
     dsn: SecretStr, snapshot: str | None = None
 ) -> Iterator[psycopg.Connection[Any]]:
     """A read-only source connection inside a snapshot transaction (its own or ``snapshot``)."""
-    conn = connect(_read_only(dsn), autocommit=True)
+    conn = connect(_untimed(_read_only(dsn)), autocommit=True)
     with conn:
         _exempt(conn)
         _begin_snapshot(conn, snapshot)
